@@ -1,0 +1,1 @@
+"""The ``htsr`` command line."""

@@ -1,0 +1,1 @@
+"""The spectral engine: sources -> matrices -> eigenvalues -> fits and metrics -> Analysis."""

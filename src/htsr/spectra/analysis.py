@@ -1,0 +1,324 @@
+"""``analyze()``: weights source -> per-matrix spectra, fits and metrics -> :class:`Analysis`."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import zlib
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from htsr import __version__
+from htsr.errors import SourceError
+from htsr.spectra import metrics as M
+from htsr.spectra import powerlaw as PL
+from htsr.spectra.config import AnalysisConfig, make_config
+from htsr.spectra.eigen import eigenvalues, resolve_device
+from htsr.spectra.matrices import MatrixPlan, plan_entry, selected
+from htsr.spectra.sources import (
+    TensorEntry,
+    delta_entries,
+    describe_source,
+    iter_entries,
+    lora_adapter_config,
+    lora_entries,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "htsr.analysis/1"
+
+#: Columns averaged by :meth:`Analysis.summary` (over successful rows only).
+SUMMARY_METRICS = (
+    "alpha", "alpha_hat", "log_norm", "log_spectral_norm", "log_alpha_norm", "stable_rank", "entropy",
+    "mp_softrank", "rand_distance",
+)
+
+CONVENTIONS = {
+    "eigenvalues": "lambda = sigma^2 of W (eigenvalues of the smaller Gram matrix), no 1/N normalisation",
+    "conv": "one matrix per kernel position, pooled; eigenvalues times conv_scale",
+    "logs": "log10 for norms and alpha_hat",
+    "alpha": "continuous Hill/MLE exponent of the density p(lambda) ~ lambda^-alpha above xmin",
+    "D": "one-sided KS distance max|F_pl - k/n| over the tail (WeightWatcher's)",
+    "failed_fit": "NaN with status 'failed' and a reason; never -1",
+}
+
+
+@dataclass
+class Analysis:
+    """Result of :func:`analyze`: one row per matrix (ESD), with status and metrics.
+
+    ``rows`` are plain dicts; ``evals`` maps row name -> pooled eigenvalues (ascending)
+    for analysed rows; ``metadata`` records the preset, every option and conventions.
+    """
+
+    rows: list[dict]
+    evals: dict[str, np.ndarray]
+    metadata: dict
+    config: AnalysisConfig
+    randomized_evals: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def to_pandas(self):
+        """A pandas DataFrame, one row per matrix, indexed 0..n-1 with a ``name`` column."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    to_dataframe = to_pandas
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, name: str) -> dict:
+        for r in self.rows:
+            if r["name"] == name:
+                return r
+        raise KeyError(name)
+
+    @property
+    def ok_rows(self) -> list[dict]:
+        return [r for r in self.rows if r["status"] == "success"]
+
+    def summary(self) -> dict:
+        """Means of the main metrics over successful fits, and how many rows were left out."""
+        out: dict[str, Any] = {
+            "n_rows": len(self.rows),
+            "n_success": sum(r["status"] == "success" for r in self.rows),
+            "n_failed": sum(r["status"] == "failed" for r in self.rows),
+            "n_skipped": sum(r["status"] == "skipped" for r in self.rows),
+            "n_error": sum(r["status"] == "error" for r in self.rows),
+        }
+        ok = self.ok_rows
+        for k in SUMMARY_METRICS:
+            vals = [r.get(k) for r in ok]
+            vals = [float(v) for v in vals if v is not None and np.isfinite(v)]
+            if vals:
+                out[k] = float(np.mean(vals))
+        return out
+
+    def alphas(self) -> dict[str, float]:
+        """Row name -> alpha (NaN for rows without a successful fit)."""
+        return {r["name"]: (r.get("alpha", math.nan) if r["status"] == "success" else math.nan) for r in self.rows}
+
+    def save(self, path: str | Path) -> Path:
+        """Write JSON (versioned schema), CSV or Parquet by extension, atomically."""
+        from htsr.io import write_analysis
+
+        return write_analysis(self, path)
+
+    def plot(self, directory: str | Path, layers: Iterable[str] | None = None) -> list[Path]:
+        """PNG per analysed layer (log-log ESD + fit) and a per-layer alpha chart."""
+        from htsr.spectra.plots import plot_analysis
+
+        return plot_analysis(self, directory, layers)
+
+
+def _row_seed(seed: int, name: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def _base_row(p: MatrixPlan, dtype: str) -> dict:
+    return {
+        "name": p.name, "module": p.module, "param": p.param, "kind": p.kind, "shape": "x".join(map(str, p.shape)),
+        "dtype": dtype, "N": p.N, "M": p.M, "rf": p.rf, "Q": (p.N / p.M) if p.M else math.nan,
+        "num_evals": p.num_evals, "status": "skipped", "reason": p.skip_reason,
+    }
+
+
+def _analyse_matrix(p: MatrixPlan, mats: torch.Tensor, cfg: AnalysisConfig, row: dict,
+                    store: dict, rstore: dict) -> None:
+    """Fill ``row`` for one plan whose matrices are loaded (B, n, m)."""
+    if mats.numel() == 0:
+        row.update(status="skipped", reason=f"empty tensor of shape {p.shape}")
+        return
+    if not torch.is_floating_point(mats):
+        mats = mats.to(torch.float32)
+    # a NaN/Inf anywhere makes the sum non-finite; only then pay for the elementwise check
+    if not bool(torch.isfinite(mats.sum(dtype=torch.float64))):
+        bad = int((~torch.isfinite(mats)).sum())
+        if bad:
+            row.update(status="error", reason=f"{bad} non-finite value(s) (NaN/Inf) in weights")
+            return
+    lam = eigenvalues(mats, device=cfg.device, precision=cfg.precision, method=cfg.eig_method)
+    lam = np.sort(lam.ravel()) * p.scale
+    if not lam.size or lam[-1] == 0.0:
+        row.update(status="failed", reason="all-zero matrix: no spectrum to fit")
+        return
+    store[p.name] = lam
+    eps = float(torch.finfo(mats.dtype).eps) if mats.dtype.is_floating_point else 1e-7
+    row.update(M.rank_metrics(lam, p.N, p.M, eps))
+    fit_kw = dict(threshold=cfg.threshold, xmin_pos=cfg.xmin_pos, peak_bins=cfg.peak_bins,
+                  peak_legacy_bound=cfg.peak_legacy_bound, small_n=cfg.small_n)
+    if cfg.fingers == "clip_xmax":
+        fit = PL.fit_with_fingers_clipped(lam, cfg.xmin_rule, max_fingers=cfg.max_fingers,
+                                          finger_thresh=cfg.finger_thresh, **fit_kw)
+    else:
+        fit = PL.fit_power_law(lam, cfg.xmin_rule, **fit_kw)
+    row.update(alpha=fit.alpha, xmin=fit.xmin, xmax=fit.xmax, D=fit.D, sigma=fit.sigma, n_tail=fit.n_tail,
+               status=fit.status, reason=fit.reason)
+    if cfg.fingers == "clip_xmax":
+        row.update(num_fingers=fit.num_fingers, raw_alpha=fit.raw_alpha)
+    row.update(M.norm_metrics(lam, fit.alpha))
+    if cfg.mp_fit:
+        row.update(M.mp_fit(lam, p.N, p.M))
+    if cfg.randomize:
+        rng = _row_seed(cfg.seed, p.name)
+        flat = mats.reshape(mats.shape[0], -1)
+        perm = torch.from_numpy(rng.permutation(flat.shape[1]))
+        shuffled = flat[:, perm].reshape(mats.shape)
+        rlam = np.sort(eigenvalues(shuffled, device=cfg.device, precision=cfg.precision,
+                                   method=cfg.eig_method).ravel()) * p.scale
+        rstore[p.name] = rlam
+        row.update(M.random_esd_metrics(lam, rlam, p.N, p.M))
+    if cfg.tpl and fit.ok:
+        t = PL.fit_truncated_power_law(lam, fit.xmin, threshold=cfg.threshold)
+        row.update(tpl_alpha=t["alpha"], Lambda=t["Lambda"])
+    if cfg.gof and fit.ok:
+        row["gof_p"] = PL.bootstrap_pvalue(lam, fit, n_boot=cfg.n_boot, seed=cfg.seed, **fit_kw)
+        for alt in ("lognormal", "exponential"):
+            R, pv = PL.likelihood_ratio(lam, fit, alt)
+            row[f"lr_{alt}"] = R
+            row[f"lr_{alt}_p"] = pv
+
+
+def _entries(source: Any, *, base: Any, lora: bool, allow_pickle: bool) -> Iterable[TensorEntry]:
+    entries = iter_entries(source, allow_pickle=allow_pickle)
+    if lora:
+        cfg = lora_adapter_config(Path(source)) if isinstance(source, (str, Path)) else None
+        entries = lora_entries(entries, cfg)
+    if base is not None:
+        entries = delta_entries(entries, list(iter_entries(base, allow_pickle=allow_pickle)))
+    return entries
+
+
+def _process_entry(entry: TensorEntry, cfg: AnalysisConfig, store: dict, rstore: dict) -> list[dict]:
+    """All rows of one tensor: load it once, analyse each of its plans, never raise."""
+    plans = [p for p in plan_entry(entry, cfg) if selected(p.name, p.module, cfg.layers, cfg.exclude)]
+    if not plans:
+        return []
+    todo = [p for p in plans if not p.skip_reason]
+    tensor = None
+    load_error = ""
+    if todo:
+        try:
+            tensor = entry.load()
+        except SourceError as e:
+            load_error = str(e)
+        except Exception as e:  # a bad tensor must not kill the analysis
+            load_error = f"cannot load tensor: {e.__class__.__name__}: {e}"
+    rows = []
+    for p in plans:
+        row = _base_row(p, entry.dtype)
+        t1 = time.perf_counter()
+        if not p.skip_reason:
+            if load_error:
+                row.update(status="error", reason=load_error)
+            else:
+                try:
+                    _analyse_matrix(p, p.extract(tensor), cfg, row, store, rstore)
+                except Exception as e:  # keep going: one bad layer never kills the run
+                    log.warning("layer %s failed: %s", p.name, e)
+                    row.update(status="error", reason=f"{e.__class__.__name__}: {e}")
+        row["time_s"] = time.perf_counter() - t1
+        rows.append(row)
+    return rows
+
+
+def analyze(
+    source: Any,
+    preset: str = "htsr",
+    *,
+    config: AnalysisConfig | None = None,
+    base: Any = None,
+    lora: bool = False,
+    allow_pickle: bool = False,
+    progress: bool = False,
+    **options: Any,
+) -> Analysis:
+    """Analyse the spectra of every weight matrix in ``source``.
+
+    Args:
+        source: an ``nn.Module``, a state dict, a ``.safetensors`` file, a sharded or Hugging
+            Face model directory, a LoRA adapter directory (with ``lora=True``), or a pickle
+            checkpoint (only with ``allow_pickle=True``).
+        preset: "htsr" (default), "weightwatcher", "tempbalance" or "alphapruning".
+        config: a ready :class:`AnalysisConfig` (then ``preset``/``options`` are ignored).
+        base: a second source; rows then describe W - W_base matched by name.
+        progress: show a progress bar with per-layer timing (stderr).
+        **options: any :class:`AnalysisConfig` field, e.g. ``layers=["*.attn.*"]``,
+            ``mp_fit=True``, ``randomize=True``, ``device="cuda"``.
+    Returns:
+        :class:`Analysis`. Errors in one layer become that row's status; only an
+        unreadable source raises (:class:`htsr.errors.SourceError`).
+    """
+    cfg = config if config is not None else make_config(preset, **options)
+    dev = resolve_device(cfg.device)  # fail early on an unavailable device
+    t0 = time.perf_counter()
+    store: dict[str, np.ndarray] = {}
+    rstore: dict[str, np.ndarray] = {}
+    entries = _entries(source, base=base, lora=lora, allow_pickle=allow_pickle)
+    workers = cfg.workers or min(os.cpu_count() or 1, 4)
+    if dev.type != "cpu":
+        workers = 1
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(desc="htsr analyze", unit="layer", leave=True)
+    results: list[list[dict]] = []
+
+    def done(rows: list[dict]) -> None:
+        if bar is not None:
+            for row in rows:
+                bar.set_postfix_str(f"{row['name']} {row['time_s']:.2f}s", refresh=False)
+                bar.update(1)
+
+    if workers <= 1:
+        for entry in entries:
+            rows = _process_entry(entry, cfg, store, rstore)
+            results.append(rows)
+            done(rows)
+    else:
+        # Layers run concurrently, each with single-threaded BLAS (LAPACK releases the GIL);
+        # at most 2 * workers tensors are in flight, so memory stays bounded.
+        from concurrent.futures import ThreadPoolExecutor
+
+        from threadpoolctl import threadpool_limits
+
+        pending: deque = deque()
+        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
+            for entry in entries:
+                pending.append(pool.submit(_process_entry, entry, cfg, store, rstore))
+                while len(pending) >= 2 * workers:
+                    rows = pending.popleft().result()
+                    results.append(rows)
+                    done(rows)
+            while pending:
+                rows = pending.popleft().result()
+                results.append(rows)
+                done(rows)
+    if bar is not None:
+        bar.close()
+    rows = [r for rs in results for r in rs]
+    meta = {
+        "schema": SCHEMA_VERSION,
+        "htsr_version": __version__,
+        "torch_version": torch.__version__,
+        "source": describe_source(source),
+        "base": describe_source(base) if base is not None else None,
+        "lora": lora,
+        "preset": cfg.preset,
+        "config": cfg.as_dict(),
+        "conventions": CONVENTIONS,
+        "elapsed_s": time.perf_counter() - t0,
+    }
+    meta["workers"] = workers
+    return Analysis(rows, store, meta, cfg, rstore)

@@ -1,0 +1,149 @@
+"""Analysis options as one validated dataclass, and the presets that name whole conventions."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+
+from htsr.errors import ConfigError
+from htsr.spectra.powerlaw import EVALS_THRESH, XMIN_RULES
+
+KINDS = ("linear", "hf_conv1d", "conv1d", "conv2d", "embedding", "moe_expert", "lora")
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """Every option of an analysis. Build one with :func:`make_config` (preset + overrides).
+
+    Fit: ``xmin_rule`` (ks | median | fraction | peak), ``xmin_pos`` (median/fraction: xmin
+    at sorted index N / xmin_pos), ``threshold`` (eigenvalues <= it are dropped before the
+    fit), ``peak_bins``/``peak_legacy_bound`` (peak rule), ``fingers`` (None | "clip_xmax"),
+    ``small_n`` (WeightWatcher 0.7.7's small-sample fit below this many eigenvalues),
+    ``tpl`` (also fit a truncated power law), ``gof`` (bootstrap p-value and likelihood
+    ratios, ``n_boot`` samples).
+    Extra metrics: ``mp_fit`` (Marchenko-Pastur bulk), ``randomize`` (compare with the ESD
+    of the element-shuffled matrix), ``seed`` for every random step.
+    Layers: ``kinds`` to analyse, ``include_embeddings`` (opt-in), ``split_qkv``,
+    ``min_evals``/``max_evals``/``max_N`` size rules, ``conv_scale`` (eigenvalue factor for
+    convolution kernels; 0.5 as WeightWatcher's conv2d_norm and TempBalance's conv_norm),
+    ``conv_groups`` ("blockdiag": each group's block separately, the true operator's
+    spectrum; "stacked": groups stacked as the references do).
+    Compute: ``device`` (cpu | cuda | auto), ``precision`` (auto | float32 | float64),
+    ``eig_method`` (gram | svd), ``workers`` (layers processed concurrently on CPU, each
+    with single-threaded BLAS; 0 = one per core, at most 4). Results do not depend on it.
+    """
+
+    preset: str = "htsr"
+    xmin_rule: str = "ks"
+    xmin_pos: float = 2.0
+    threshold: float = EVALS_THRESH
+    peak_bins: int = 100
+    peak_legacy_bound: bool = False
+    fingers: str | None = None
+    max_fingers: int = 10
+    finger_thresh: float = 1.0
+    small_n: int = 0
+    tpl: bool = False
+    gof: bool = False
+    n_boot: int = 100
+    mp_fit: bool = False
+    randomize: bool = False
+    seed: int = 0
+    kinds: tuple[str, ...] = ("linear", "hf_conv1d", "conv1d", "conv2d", "embedding", "moe_expert", "lora")
+    include_embeddings: bool = False
+    split_qkv: bool = False
+    min_evals: int = 10
+    max_evals: int | None = None
+    max_N: int | None = None
+    conv_scale: float = 0.5
+    conv_groups: str = "blockdiag"
+    device: str = "cpu"
+    precision: str = "auto"
+    eig_method: str = "gram"
+    workers: int = 0
+    layers: tuple[str, ...] = field(default_factory=tuple)
+    exclude: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if self.xmin_rule not in XMIN_RULES or self.xmin_rule == "fixed":
+            raise ConfigError(f"unknown xmin_rule {self.xmin_rule!r}; expected ks, median, fraction or peak")
+        if self.fingers not in (None, "clip_xmax"):
+            raise ConfigError(f"unknown fingers option {self.fingers!r}; expected None or 'clip_xmax'")
+        bad = [k for k in self.kinds if k not in KINDS]
+        if bad:
+            raise ConfigError(f"unknown layer kind(s) {bad}; expected some of {', '.join(KINDS)}")
+        if self.conv_groups not in ("blockdiag", "stacked"):
+            raise ConfigError(f"unknown conv_groups {self.conv_groups!r}; expected 'blockdiag' or 'stacked'")
+        if self.precision not in ("auto", "float32", "float64"):
+            raise ConfigError(f"unknown precision {self.precision!r}; expected auto, float32 or float64")
+        if self.eig_method not in ("gram", "svd"):
+            raise ConfigError(f"unknown eig_method {self.eig_method!r}; expected 'gram' or 'svd'")
+        if not self.xmin_pos > 0:
+            raise ConfigError(f"xmin_pos must be > 0, got {self.xmin_pos}")
+        if self.workers < 0:
+            raise ConfigError(f"workers must be >= 0 (0 = automatic), got {self.workers}")
+        if self.min_evals < 0 or self.n_boot < 1:
+            raise ConfigError("min_evals must be >= 0 and n_boot >= 1")
+
+    def as_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["kinds"] = list(self.kinds)
+        d["layers"] = list(self.layers)
+        d["exclude"] = list(self.exclude)
+        return d
+
+
+PRESETS: dict[str, dict] = {
+    # htsr's own defaults: KS-scan fit, honest conv/group handling, embeddings opt-in.
+    "htsr": {},
+    # WeightWatcher 0.7.7 analyze() defaults: same layers (embeddings included, size
+    # rules 8 / 15000 / 50000), conv2d_norm (lambda * 0.5, groups stacked), 1e-5
+    # threshold, KS scan with the small-N path below 20 eigenvalues, float64 spectra.
+    "weightwatcher": {
+        "threshold": EVALS_THRESH,
+        "small_n": 20,
+        "min_evals": 8,
+        "max_evals": 15000,
+        "max_N": 50000,
+        "include_embeddings": True,
+        "conv_groups": "stacked",
+        "precision": "float64",
+    },
+    # TempBalance (net_esd_estimator): xmin at the median eigenvalue, no zero
+    # filtering, layers with >= 50 eigenvalues, Linear and Conv2d only.
+    "tempbalance": {
+        "xmin_rule": "median",
+        "xmin_pos": 2.0,
+        "threshold": 0.0,
+        "min_evals": 50,
+        "kinds": ("linear", "conv2d"),
+        "conv_groups": "stacked",
+    },
+    # AlphaPruning / AlphaLoRA: xmin searched near the log-histogram peak; the
+    # reference's mixed log/linear lower bound is fixed (peak_legacy_bound=True restores it).
+    "alphapruning": {
+        "xmin_rule": "peak",
+        "threshold": 0.0,
+        "min_evals": 2,
+        "kinds": ("linear", "conv2d"),
+        "conv_groups": "stacked",
+    },
+}
+
+
+def make_config(preset: str = "htsr", **overrides) -> AnalysisConfig:
+    """A config from a named preset plus keyword overrides (unknown names are errors)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    names = {f.name for f in fields(AnalysisConfig)}
+    bad = sorted(set(overrides) - names)
+    if bad:
+        raise ConfigError(f"unknown option(s) {', '.join(bad)}; valid options: {', '.join(sorted(names - {'preset'}))}")
+    opts = dict(PRESETS[preset])
+    opts.update(overrides)
+    for k in ("kinds", "layers", "exclude"):
+        if k in opts and isinstance(opts[k], str):
+            opts[k] = (opts[k],)
+        if k in opts:
+            opts[k] = tuple(opts[k])
+    return AnalysisConfig(preset=preset, **opts)
