@@ -187,3 +187,15 @@ def test_no_side_effects_at_import():
         "import matplotlib; assert 'matplotlib.pyplot' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_analysis_matches_cpu():
+    sd = {"a.weight": heavy_tailed(512, 256, seed=1),
+          "conv.weight": heavy_tailed(64, 32 * 9, seed=2).reshape(64, 32, 3, 3)}
+    for prec in ("float64", "float32"):
+        cpu = htsr.analyze(sd, precision=prec).to_pandas()
+        gpu = htsr.analyze(sd, precision=prec, device="cuda").to_pandas()
+        assert list(gpu.status) == ["success", "success"]
+        np.testing.assert_allclose(gpu.alpha, cpu.alpha, rtol=1e-8 if prec == "float64" else 1e-3)

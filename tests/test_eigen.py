@@ -87,7 +87,7 @@ def test_cuda_path_matches_cpu():
     for prec in ("float64", "float32"):
         cpu = eigenvalues(w, precision=prec)
         gpu = eigenvalues(w, device="cuda", precision=prec)
-        np.testing.assert_allclose(gpu[-32:], cpu[-32:], rtol=1e-4 if prec == "float32" else 1e-9)
+        np.testing.assert_allclose(gpu[-32:], cpu[-32:], rtol=1e-4 if prec == "float32" else 1e-9, err_msg=prec)
     b = torch.stack([w[:64, :32], w[64:128, :32]])
     np.testing.assert_allclose(eigenvalues(b, device="cuda", precision="float64"),
                                eigenvalues(b, precision="float64"), rtol=1e-9, atol=1e-9)

@@ -166,7 +166,7 @@ def _analyse_matrix(p: MatrixPlan, mats: torch.Tensor, cfg: AnalysisConfig, row:
                status=fit.status, reason=fit.reason)
     if cfg.fingers == "clip_xmax":
         row.update(num_fingers=fit.num_fingers, raw_alpha=fit.raw_alpha)
-    row.update(M.norm_metrics(lam, fit.alpha))
+    row.update(M.norm_metrics(lam, fit.alpha, rank=row.get("matrix_rank")))
     if cfg.mp_fit:
         row.update(M.mp_fit(lam, p.N, p.M))
     if cfg.randomize:

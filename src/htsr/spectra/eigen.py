@@ -42,16 +42,20 @@ def _dtype_for(m: int, precision: Precision) -> torch.dtype:
     raise ValueError(f"unknown precision {precision!r}; expected 'auto', 'float32' or 'float64'")
 
 
-def _cpu_gram(mat: torch.Tensor) -> torch.Tensor:
-    """Gram of the smaller side on CPU with BLAS syrk: half the flops of a matmul."""
+def _cpu_gram(mat: np.ndarray) -> np.ndarray:
+    """Gram matrix of the smaller side with BLAS syrk (half a matmul's flops, no copy).
+
+    For a C-contiguous (n, m) array, ``mat.T`` is a Fortran-ordered (m, n) view, which is
+    what BLAS wants: syrk(trans=0) on it gives mat^T mat (m <= n), syrk(trans=1) gives
+    mat mat^T (n < m). Only the upper triangle is filled.
+    """
     from scipy.linalg import blas
 
-    a = mat.numpy()
-    f = blas.dsyrk if a.dtype == np.float64 else blas.ssyrk
-    # a is (max, min) and C-contiguous, so a.T is a Fortran-ordered (min, max) view:
-    # syrk(trans=0) on it computes a^T a (upper triangle) without copying the weights
-    g = f(1.0, a.T, trans=0, lower=0)
-    return torch.from_numpy(g)
+    if not mat.flags.c_contiguous:
+        mat = np.ascontiguousarray(mat)
+    f = blas.dsyrk if mat.dtype == np.float64 else blas.ssyrk
+    n, m = mat.shape
+    return f(1.0, mat.T, trans=0 if m <= n else 1, lower=0)
 
 
 def eigenvalues(
@@ -85,20 +89,27 @@ def eigenvalues(
         return lam.cpu().numpy()
     if method != "gram":
         raise ValueError(f"unknown eigen method {method!r}; expected 'gram' or 'svd'")
-    if n < m:
-        w = w.transpose(-1, -2)
     if dev.type == "cpu" and (w.ndim == 2 or w.shape[0] == 1 or k >= 256):
         # per-matrix BLAS syrk + LAPACK syevd: fastest on CPU for all but tiny batched slices
         mats = [w] if w.ndim == 2 else list(w)
-        out = np.stack([_cpu_eigvalsh(x.contiguous()) for x in mats])
+        out = np.stack([_cpu_eigvalsh(x.numpy()) for x in mats])
         return out[0] if w.ndim == 2 else out
-    g = w.transpose(-1, -2) @ w
+    if n < m:
+        w = w.transpose(-1, -2)
+    if dev.type == "cuda" and dtype == torch.float32:
+        # cuBLAS may run float32 products in TF32 (10-bit mantissa) under the user's global
+        # settings; form the Gram in float64 (cheap on datacenter GPUs), solve in float32
+        w64 = w.to(torch.float64)
+        g = (w64.transpose(-1, -2) @ w64).to(torch.float32)
+        del w64
+    else:
+        g = w.transpose(-1, -2) @ w
     lam = torch.linalg.eigvalsh(g)
     lam = lam.to(torch.float64).clamp_min(0.0)
     return lam.cpu().numpy()
 
 
-def _cpu_eigvalsh(w: torch.Tensor) -> np.ndarray:
+def _cpu_eigvalsh(w: np.ndarray) -> np.ndarray:
     from scipy.linalg import eigh
 
     # scipy's syevd is ~1.6x faster than torch.linalg.eigvalsh on small matrices here

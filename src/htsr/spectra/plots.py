@@ -112,18 +112,22 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def _short_names(names: list[str], max_chars: int = 32) -> list[str]:
-    """Drop the dotted prefix shared by every name, then keep the tail of long names."""
+    """Drop the dotted prefix shared by every name, then keep the last components of long names."""
     parts = [n.split(".") for n in names]
     common = 0
     if len(names) > 1:
-        for group in zip(*parts):
+        for group in zip(*parts, strict=False):
             if len(set(group)) != 1:
                 break
             common += 1
     out = []
     for p in parts:
         keep = p[min(common, len(p) - 1):]
+        while len(keep) > 1 and len(".".join(keep)) > max_chars - 1:  # drop whole leading components
+            keep = keep[1:]
         s = ".".join(keep)
+        if s != ".".join(p[min(common, len(p) - 1):]):
+            s = "\u2026" + s
         out.append(s if len(s) <= max_chars else "\u2026" + s[-(max_chars - 1):])
     return out
 
@@ -265,7 +269,7 @@ def plot_alpha_summary(rows: list[dict], path: str | os.PathLike) -> Path:
                        rotation_mode="anchor", fontsize=fs)
     ax.set_ylabel(r"power-law exponent $\alpha$")
     n_fail = int(failed.sum())
-    sub = f"{int(ok.sum())} fitted, {n_fail} failed" + (f", every {step}th label shown" if step > 1 else "")
+    sub = f"{int(ok.sum())} fitted, {n_fail} failed" + (f", 1 in {step} labels shown" if step > 1 else "")
     ax.set_title(f"alpha by layer ({sub})", fontsize=10, loc="left")
     ax.grid(True, axis="y", alpha=0.3)
     handles = [
