@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar with per-layer timing (default: when stderr is a terminal)")
     a.add_argument("--quiet", "-q", action="store_true", help="print only the summary")
+    a.set_defaults(func=cmd_analyze)
+
+    from htsr.cli import prune
+
+    prune.register(sub)
     return p
 
 
@@ -151,10 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="htsr: %(levelname)s: %(message)s")  # CLI only
-    if args.command == "analyze":
-        return cmd_analyze(args)
-    parser.error(f"unknown command {args.command}")
-    return 2
+    return int(args.func(args))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -32,6 +32,16 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def solver_eps(m: int, precision: Precision = "auto", method: Method = "gram") -> float | None:
+    """Machine epsilon of the Gram eigensolve for a matrix whose smaller side is ``m``.
+
+    None for ``method="svd"`` (squared singular values carry no Gram noise floor).
+    """
+    if method == "svd":
+        return None
+    return float(torch.finfo(_dtype_for(m, precision)).eps)
+
+
 def _dtype_for(m: int, precision: Precision) -> torch.dtype:
     if precision == "float64":
         return torch.float64

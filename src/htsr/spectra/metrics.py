@@ -14,13 +14,13 @@ from functools import lru_cache
 import numpy as np
 
 
-def norm_metrics(evals: np.ndarray, alpha: float = math.nan) -> dict:
+def norm_metrics(evals: np.ndarray, alpha: float = math.nan, rank: int | None = None) -> dict:
     """Norm-based metrics of one ESD.
 
     spectral_norm = lambda_max, norm = sum(lambda) = ||W||_F^2, stable_rank = norm /
     spectral_norm, alpha_hat (WeightWatcher's ``alpha_weighted``) = alpha log10 lambda_max,
     log_alpha_norm = log10 sum(lambda^alpha), entropy = Shannon entropy of lambda/sum
-    divided by ln(rank) (1 = flat spectrum).
+    divided by ln(rank) (1 = flat spectrum; ``rank`` as in :func:`matrix_entropy`).
     """
     lam = np.asarray(evals, dtype=np.float64)
     lam = lam[np.isfinite(lam)]
@@ -44,7 +44,7 @@ def norm_metrics(evals: np.ndarray, alpha: float = math.nan) -> dict:
         out["log_alpha_norm"] = float((m + np.log(np.exp(la - m).sum())) / math.log(10))
     else:
         out["log_alpha_norm"] = math.nan
-    out["entropy"] = matrix_entropy(lam)
+    out["entropy"] = matrix_entropy(lam, rank)
     return out
 
 
@@ -52,28 +52,46 @@ def _log10(v: float) -> float:
     return math.log10(v) if v > 0 else math.nan
 
 
-def matrix_entropy(evals: np.ndarray) -> float:
-    """Normalised spectral entropy: -sum p ln p / ln(rank), p = lambda / sum(lambda)."""
+def matrix_entropy(evals: np.ndarray, rank: int | None = None) -> float:
+    """Normalised spectral entropy: -sum p ln p / ln(rank), p = lambda / sum(lambda).
+
+    ``rank`` defaults to the number of positive eigenvalues. Pass the numerical rank
+    (:func:`rank_metrics`' ``matrix_rank``, as WeightWatcher does) for rank-deficient
+    matrices whose zero eigenvalues come out as tiny positive rounding noise. NaN when
+    the rank is below 2.
+    """
     lam = np.asarray(evals, dtype=np.float64)
-    lam = lam[lam > 0]
-    if lam.size < 2:
+    lam = lam[np.isfinite(lam) & (lam > 0)]
+    r = lam.size if rank is None else int(rank)
+    if lam.size < 2 or r < 2:
         return math.nan
     p = lam / lam.sum()
-    return float(-(p * np.log(p)).sum() / math.log(lam.size))
+    p = p[p > 0]  # an underflowed share contributes 0 to the sum
+    return float(-(p * np.log(p)).sum() / math.log(r))
 
 
-def rank_metrics(evals: np.ndarray, n_rows: int, n_cols: int, eps: float) -> dict:
+def rank_metrics(evals: np.ndarray, n_rows: int, n_cols: int, eps: float, eig_eps: float | None = None) -> dict:
     """Numerical rank from singular values sigma = sqrt(lambda) with numpy's tolerance.
 
     matrix_rank = #(sigma > sigma_max * max(N, M) * eps); rank_loss = #evals - rank;
-    weak_rank_loss = #(lambda < 1e-6).
+    weak_rank_loss = #(lambda < 1e-6). ``eps`` is the machine epsilon of W's dtype.
+
+    ``eig_eps``: the epsilon of the solver, when ``evals`` are eigenvalues of the Gram
+    matrix W^T W rather than squared singular values. Such a solve resolves eigenvalues
+    only down to ~lambda_max * eps_solver, so the zero eigenvalues of a rank-deficient W
+    come out as noise of that size (sigma ~ sqrt(eps_solver) sigma_max, far above the
+    sigma tolerance); eigenvalues below lambda_max * M * eig_eps (numpy's matrix_rank
+    tolerance for the M x M Gram matrix) then count as zero too. None: no such floor.
     """
     lam = np.clip(np.asarray(evals, dtype=np.float64), 0, None)
     if lam.size == 0:
         return {"matrix_rank": 0, "rank_loss": 0, "weak_rank_loss": 0}
     sv = np.sqrt(lam)
     tol = sv.max() * max(n_rows, n_cols) * eps
-    rank = int((sv > tol).sum())
+    keep = sv > tol
+    if eig_eps is not None:
+        keep &= lam > lam.max() * max(min(n_rows, n_cols), 1) * eig_eps
+    rank = int(keep.sum())
     return {
         "matrix_rank": rank,
         "rank_loss": int(lam.size - rank),
@@ -113,9 +131,12 @@ def mp_fit(evals: np.ndarray, n_rows: int, n_cols: int, bulk_fraction: float = 0
     those quantiles). Cost: O(M) plus a one-off quantile table per Q, a small fraction
     of the eigensolve (WeightWatcher instead refits a KDE ~195 times per layer).
 
-    Returns sigma_mp, bulk_min, bulk_max (in the units of ``evals``), num_spikes
-    (eigenvalues above bulk_max plus WeightWatcher's Tracy-Widom-sized margin) and
-    mp_softrank = bulk_max / lambda_max.
+    Returns sigma_mp (the fitted per-entry scale of W: MP(Q, sigma_mp^2) describes
+    W^T W / N), bulk_min, bulk_max (in the units of ``evals``), num_spikes (eigenvalues
+    above bulk_max plus WeightWatcher's Tracy-Widom-sized margin) and mp_softrank =
+    bulk_max / lambda_max. The margin sqrt(Q^-1/2 bulk_max^2/3 M^-2/3) is not scale-free,
+    so, as in WeightWatcher, it is evaluated with the spectrum rescaled to mean 1 and M the
+    smaller matrix dimension; num_spikes therefore does not change when W is rescaled.
     """
     lam = np.sort(np.asarray(evals, dtype=np.float64))
     lam = lam[np.isfinite(lam)]
@@ -132,7 +153,9 @@ def mp_fit(evals: np.ndarray, n_rows: int, n_cols: int, bulk_fraction: float = 0
     s2 = float(np.dot(x[:k], q) / np.dot(q, q))
     bulk_max = s2 * (1 + 1 / math.sqrt(Q)) ** 2
     bulk_min = s2 * (1 - 1 / math.sqrt(Q)) ** 2
-    margin = math.sqrt(Q ** -0.5 * bulk_max ** (2 / 3) * M ** (-2 / 3))
+    unit = float(x.mean())  # WeightWatcher's rescaling: sum(lambda) = number of eigenvalues
+    m_dim = max(min(n_rows, n_cols), 1)
+    margin = unit * math.sqrt(Q ** -0.5 * (bulk_max / unit) ** (2 / 3) * m_dim ** (-2 / 3))
     spikes = int((x > bulk_max + margin).sum())
     return {
         "sigma_mp": math.sqrt(s2),

@@ -1,0 +1,27 @@
+"""Layer-wise sparsity allocation (AlphaPruning, OWL, uniform) and intra-layer pruners (magnitude, Wanda, SparseGPT).
+
+``allocation`` and ``pruners`` are pure functions; ``models`` prunes Hugging Face models block by
+block and saves them; ``evaluation`` measures perplexity and draws calibration windows. Importing
+this package is cheap: the submodules (and torch/transformers) load on first use.
+"""
+
+from __future__ import annotations
+
+from htsr.pruning.errors import PruningError
+
+__all__ = ["PruningError", "alpha_allocation", "owl_allocation", "uniform_allocation", "prune_model", "save_pruned",
+           "load_model", "perplexity", "calibration_windows", "PruneReport"]
+
+_WHERE = {
+    "alpha_allocation": "allocation", "owl_allocation": "allocation", "uniform_allocation": "allocation",
+    "prune_model": "models", "save_pruned": "models", "load_model": "models", "PruneReport": "models",
+    "perplexity": "evaluation", "calibration_windows": "evaluation",
+}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(f"htsr.pruning.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'htsr.pruning' has no attribute {name!r}")
