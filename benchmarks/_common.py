@@ -231,5 +231,19 @@ def ww_alphas(df) -> dict[str, float]:
     return out
 
 
+def blas_limit(n: int | None):
+    """Context capping BLAS/OpenMP threads for both sides (None: library defaults)."""
+    if not n:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=n)
+
+
+def add_blas_arg(ap) -> None:
+    ap.add_argument("--blas-threads", type=int, default=None,
+                    help="cap BLAS/OpenMP threads for both sides (default: library defaults, i.e. one per core)")
+
+
 def our_alphas(analysis) -> dict[str, float]:
     return {r["name"]: float(r["alpha"]) for r in analysis.rows if r["status"] == "success"}

@@ -42,8 +42,8 @@ def test_preset_and_options(capsys):
 
 
 def test_no_matrices_exit_code(tmp_path, capsys):
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     save_file({"ln.weight": torch.ones(8)}, str(tmp_path / "model.safetensors"))
     assert main(["analyze", str(tmp_path)]) == 1

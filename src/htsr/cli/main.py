@@ -34,8 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Analyse every weight matrix of a model: power-law alpha of its "
                                    "eigenvalue tail and spectral metrics, one row per matrix.")
     src = a.add_mutually_exclusive_group(required=True)
-    src.add_argument("source", nargs="?", help="a .safetensors file, a sharded/HF model directory, an index "
-                                                "JSON, a LoRA adapter directory (--lora), or a .bin/.pt (--allow-pickle)")
+    src.add_argument("source", nargs="?",
+                     help="a .safetensors file, a sharded/HF model directory, an index JSON, a LoRA adapter "
+                          "directory (--lora), or a .bin/.pt (--allow-pickle)")
     src.add_argument("--example", choices=["minilm"], help="embedded real model: all-MiniLM-L6-v2 (offline)")
     a.add_argument("--preset", default="htsr", help="htsr (default), weightwatcher, tempbalance, alphapruning")
     a.add_argument("--layers", type=_csv, default=(), metavar="GLOBS",
