@@ -154,7 +154,7 @@ def _analyse_matrix(p: MatrixPlan, mats: torch.Tensor, cfg: AnalysisConfig, row:
         return
     store[p.name] = lam
     eps = float(torch.finfo(mats.dtype).eps) if mats.dtype.is_floating_point else 1e-7
-    row.update(M.rank_metrics(lam, p.N, p.M, eps, eig_eps=solver_eps(p.M, cfg.precision, cfg.eig_method)))
+    row.update(M.rank_metrics(lam, p.N, p.M, eps, eig_eps=solver_eps(p.M, cfg.precision, cfg.eig_method, cfg.device)))
     fit_kw = dict(threshold=cfg.threshold, xmin_pos=cfg.xmin_pos, peak_bins=cfg.peak_bins,
                   peak_legacy_bound=cfg.peak_legacy_bound, small_n=cfg.small_n)
     if cfg.fingers == "clip_xmax":

@@ -5,7 +5,10 @@ symmetric eigensolver on it, which is several times cheaper than a full SVD. Wei
 never downcast below float32; ``precision="float64"`` accumulates the Gram matrix and
 solves in float64 (exact enough for every eigenvalue), ``"float32"`` is faster and keeps
 the tail (the large eigenvalues, which power-law fits use) accurate to ~1e-6 relative.
-``"auto"`` uses float64 unless the smaller side exceeds ``AUTO_FP64_MAX_DIM``.
+``"auto"`` uses float64 on CUDA (cheap on datacenter GPUs; measured on an H200: a
+4096x4096 plus an 11008x4096 matrix in 0.4 s, and float32 there moved alpha by 1e-2 through
+the solver's noise in the small eigenvalues; on consumer GPUs with slow float64 pass
+"float32") and on CPU unless the smaller side exceeds ``AUTO_FP64_MAX_DIM``.
 """
 
 from __future__ import annotations
@@ -32,23 +35,23 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def solver_eps(m: int, precision: Precision = "auto", method: Method = "gram") -> float | None:
+def solver_eps(m: int, precision: Precision = "auto", method: Method = "gram", device: str = "cpu") -> float | None:
     """Machine epsilon of the Gram eigensolve for a matrix whose smaller side is ``m``.
 
     None for ``method="svd"`` (squared singular values carry no Gram noise floor).
     """
     if method == "svd":
         return None
-    return float(torch.finfo(_dtype_for(m, precision)).eps)
+    return float(torch.finfo(_dtype_for(m, precision, resolve_device(device).type)).eps)
 
 
-def _dtype_for(m: int, precision: Precision) -> torch.dtype:
+def _dtype_for(m: int, precision: Precision, device_type: str = "cpu") -> torch.dtype:
     if precision == "float64":
         return torch.float64
     if precision == "float32":
         return torch.float32
     if precision == "auto":
-        return torch.float64 if m <= AUTO_FP64_MAX_DIM else torch.float32
+        return torch.float64 if (m <= AUTO_FP64_MAX_DIM or device_type == "cuda") else torch.float32
     raise ValueError(f"unknown precision {precision!r}; expected 'auto', 'float32' or 'float64'")
 
 
@@ -88,7 +91,7 @@ def eigenvalues(
     dev = resolve_device(device)
     n, m = weights.shape[-2], weights.shape[-1]
     k = min(n, m)
-    dtype = _dtype_for(k, precision)
+    dtype = _dtype_for(k, precision, dev.type)
     w = weights.detach()
     if w.is_complex():
         raise ValueError("complex weights are not supported")
