@@ -36,6 +36,10 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "htsr.analysis/1"
 
+#: Tensors with at least this many elements are analysed one at a time with all BLAS threads
+#: (bounded memory); smaller ones are spread over ``workers`` threads.
+LARGE_TENSOR = 2048 * 2048
+
 #: Columns averaged by :meth:`Analysis.summary` (over successful rows only).
 SUMMARY_METRICS = (
     "alpha", "alpha_hat", "log_norm", "log_spectral_norm", "log_alpha_norm", "stable_rank", "entropy",
@@ -287,24 +291,42 @@ def analyze(
             results.append(rows)
             done(rows)
     else:
-        # Layers run concurrently, each with single-threaded BLAS (LAPACK releases the GIL);
-        # at most 2 * workers tensors are in flight, so memory stays bounded.
+        # Small layers run concurrently, each with single-threaded BLAS (LAPACK releases the
+        # GIL); at most 2 * workers of them are in flight. Large tensors (>= LARGE_TENSOR
+        # elements) run one at a time with all BLAS threads, so peak memory stays ~1 tensor.
         from concurrent.futures import ThreadPoolExecutor
 
         from threadpoolctl import threadpool_limits
 
         pending: deque = deque()
-        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers) as pool:
-            for entry in entries:
-                pending.append(pool.submit(_process_entry, entry, cfg, store, rstore))
-                while len(pending) >= 2 * workers:
-                    rows = pending.popleft().result()
-                    results.append(rows)
-                    done(rows)
-            while pending:
+        limiter = None
+
+        def drain(keep: int) -> None:
+            while len(pending) > keep:
                 rows = pending.popleft().result()
                 results.append(rows)
                 done(rows)
+
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                for entry in entries:
+                    if math.prod(entry.shape) >= LARGE_TENSOR:
+                        drain(0)
+                        if limiter is not None:
+                            limiter.restore_original_limits()
+                            limiter = None
+                        rows = _process_entry(entry, cfg, store, rstore)
+                        results.append(rows)
+                        done(rows)
+                        continue
+                    if limiter is None:
+                        limiter = threadpool_limits(limits=1, user_api="blas")
+                    pending.append(pool.submit(_process_entry, entry, cfg, store, rstore))
+                    drain(2 * workers - 1)
+                drain(0)
+        finally:
+            if limiter is not None:
+                limiter.restore_original_limits()
     if bar is not None:
         bar.close()
     rows = [r for rs in results for r in rs]
