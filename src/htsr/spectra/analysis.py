@@ -21,7 +21,7 @@ from htsr.errors import SourceError
 from htsr.spectra import metrics as M
 from htsr.spectra import powerlaw as PL
 from htsr.spectra.config import AnalysisConfig, make_config
-from htsr.spectra.eigen import eigenvalues, resolve_device, solver_eps
+from htsr.spectra.eigen import NonFiniteError, eigenvalues, resolve_device, solver_eps
 from htsr.spectra.matrices import MatrixPlan, plan_entry, selected
 from htsr.spectra.sources import (
     TensorEntry,
@@ -125,8 +125,9 @@ class Analysis:
         return plot_analysis(self, directory, layers)
 
 
-def _row_seed(seed: int, name: str) -> np.random.Generator:
-    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+def _row_seed(seed: int, name: str) -> int:
+    """A per-row seed from the global seed and the row name: independent of row order."""
+    return int(np.random.default_rng([seed, zlib.crc32(name.encode())]).integers(2**62))
 
 
 def _base_row(p: MatrixPlan, dtype: str) -> dict:
@@ -145,13 +146,14 @@ def _analyse_matrix(p: MatrixPlan, mats: torch.Tensor, cfg: AnalysisConfig, row:
         return
     if not torch.is_floating_point(mats):
         mats = mats.to(torch.float32)
-    # a NaN/Inf anywhere makes the sum non-finite; only then pay for the elementwise check
-    if not bool(torch.isfinite(mats.sum(dtype=torch.float64))):
+    try:
+        lam = eigenvalues(mats, device=cfg.device, precision=cfg.precision, method=cfg.eig_method)
+    except NonFiniteError:
         bad = int((~torch.isfinite(mats)).sum())
-        if bad:
-            row.update(status="error", reason=f"{bad} non-finite value(s) (NaN/Inf) in weights")
-            return
-    lam = eigenvalues(mats, device=cfg.device, precision=cfg.precision, method=cfg.eig_method)
+        reason = (f"{bad} non-finite value(s) (NaN/Inf) in weights" if bad else
+                  "Gram matrix overflows in this precision; use precision='float64'")
+        row.update(status="error", reason=reason)
+        return
     lam = np.sort(lam.ravel()) * p.scale
     if not lam.size or lam[-1] == 0.0:
         row.update(status="failed", reason="all-zero matrix: no spectrum to fit")
@@ -174,9 +176,10 @@ def _analyse_matrix(p: MatrixPlan, mats: torch.Tensor, cfg: AnalysisConfig, row:
     if cfg.mp_fit:
         row.update(M.mp_fit(lam, p.N, p.M))
     if cfg.randomize:
-        rng = _row_seed(cfg.seed, p.name)
+        gen = torch.Generator().manual_seed(_row_seed(cfg.seed, p.name))
         flat = mats.reshape(mats.shape[0], -1)
-        perm = torch.from_numpy(rng.permutation(flat.shape[1]))
+        # torch.randperm is ~2.5x faster than numpy's permutation for 45M entries; seeded per row
+        perm = torch.randperm(flat.shape[1], generator=gen).to(flat.device)
         shuffled = flat[:, perm].reshape(mats.shape)
         rlam = np.sort(eigenvalues(shuffled, device=cfg.device, precision=cfg.precision,
                                    method=cfg.eig_method).ravel()) * p.scale

@@ -25,6 +25,10 @@ Method = Literal["gram", "svd"]
 AUTO_FP64_MAX_DIM = 2048
 
 
+class NonFiniteError(ValueError):
+    """The matrix holds NaN or Inf values (seen on the Gram diagonal: column norms squared)."""
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """'auto' -> cuda when available, else cpu; validates explicit names."""
     if device is None or device == "auto":
@@ -97,6 +101,8 @@ def eigenvalues(
         raise ValueError("complex weights are not supported")
     w = w.to(device=dev, dtype=dtype)
     if method == "svd":
+        if not bool(torch.isfinite(w.sum())):
+            raise NonFiniteError("non-finite values in the matrix")
         s = torch.linalg.svdvals(w)
         lam = (s.to(torch.float64) ** 2).flip(-1)
         return lam.cpu().numpy()
@@ -117,15 +123,19 @@ def eigenvalues(
         del w64
     else:
         g = w.transpose(-1, -2) @ w
+    if not bool(torch.isfinite(torch.diagonal(g, dim1=-2, dim2=-1)).all()):
+        raise NonFiniteError("non-finite values in the matrix (or its Gram matrix overflows)")
     lam = torch.linalg.eigvalsh(g)
     lam = lam.to(torch.float64).clamp_min(0.0)
     return lam.cpu().numpy()
 
 
 def _cpu_eigvalsh(w: np.ndarray) -> np.ndarray:
-    from scipy.linalg import eigh
-
-    # scipy's syevd is ~1.6x faster than torch.linalg.eigvalsh on small matrices here
     g = _cpu_gram(w)
-    lam = eigh(g, lower=False, eigvals_only=True, driver="evd", check_finite=False, overwrite_a=True)
+    # a NaN/Inf weight makes its column's squared norm (a diagonal entry) non-finite
+    if not np.isfinite(np.diagonal(g)).all():
+        raise NonFiniteError("non-finite values in the matrix (or its Gram matrix overflows)")
+    # numpy's eigvalsh (LAPACK syevd, ~1.6x faster than torch's here) releases the GIL, so
+    # layers solved in worker threads run in parallel (scipy's f2py wrappers hold it)
+    lam = np.linalg.eigvalsh(g, UPLO="U")
     return np.clip(lam.astype(np.float64), 0.0, None)
