@@ -1,6 +1,6 @@
 """LLaMA-sized layers: htsr vs WeightWatcher 0.7.7 analyze() on one 4096x4096 and one 11008x4096 matrix.
 
-The matrices are seeded heavy-tailed random (Student-t, 4 degrees of freedom, scaled by
+The matrices are seeded heavy-tailed random (Student-t, ``--df`` 4 degrees of freedom, scaled by
 1/sqrt(fan-in), float32), wrapped as two bias-free ``nn.Linear`` layers in an
 ``nn.Sequential``. Both tools analyse the same module; target: >= 4x faster end to end.
 Two htsr configurations are timed against the same WW runs:
@@ -21,7 +21,7 @@ import argparse
 import _common as C
 
 
-def build_model(hidden: int, inter: int, seed: int):
+def build_model(hidden: int, inter: int, seed: int, df: float = 4.0):
     import torch
 
     model = torch.nn.Sequential(
@@ -29,8 +29,8 @@ def build_model(hidden: int, inter: int, seed: int):
         torch.nn.utils.skip_init(torch.nn.Linear, hidden, inter, bias=False),
     )
     with torch.no_grad():
-        model[0].weight.copy_(C.heavy_tailed(hidden, hidden, seed))
-        model[1].weight.copy_(C.heavy_tailed(inter, hidden, seed + 1))
+        model[0].weight.copy_(C.heavy_tailed(hidden, hidden, seed, df=df))
+        model[1].weight.copy_(C.heavy_tailed(inter, hidden, seed + 1, df=df))
     return model.eval()
 
 
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hidden", type=int, default=4096)
     ap.add_argument("--inter", type=int, default=11008)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--df", type=float, default=4.0, help="Student-t degrees of freedom of the entries")
     ap.add_argument("--workers", type=int, default=0, help="htsr workers (0 = automatic)")
     ap.add_argument("--json", help="write results to this JSON file")
     C.add_blas_arg(ap)
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     info = C.machine_info()
     info["blas_threads"] = args.blas_threads
     print("machine:", C.machine_line(info))
-    model = build_model(args.hidden, args.inter, args.seed)
+    model = build_model(args.hidden, args.inter, args.seed, args.df)
     shapes = [tuple(m.weight.shape) for m in model]
     print("matrices:", shapes)
     warmup()
