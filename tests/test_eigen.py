@@ -91,3 +91,12 @@ def test_cuda_path_matches_cpu():
     b = torch.stack([w[:64, :32], w[64:128, :32]])
     np.testing.assert_allclose(eigenvalues(b, device="cuda", precision="float64"),
                                eigenvalues(b, precision="float64"), rtol=1e-9, atol=1e-9)
+
+
+def test_large_matrix_solver_path_matches_svd():
+    """Matrices with a side >= 1024 use a different LAPACK driver (syevr); same eigenvalues."""
+    w = heavy_tailed(1100, 1030, seed=7)
+    lam = eigenvalues(w, precision="float64")
+    ref = _svd_evals(w)
+    np.testing.assert_allclose(lam[-100:], ref[-100:], rtol=1e-9)
+    assert np.max(np.abs(lam - ref)) <= 1e-9 * ref.max()
