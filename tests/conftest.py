@@ -31,3 +31,12 @@ def heavy_tailed(n: int, m: int, seed: int = 0, df: int = 3) -> torch.Tensor:
     z = torch.randn(n, m, generator=g)
     chi2 = sum(torch.randn(n, m, generator=g) ** 2 for _ in range(df))
     return z / torch.sqrt(chi2 / df)
+
+
+@pytest.fixture
+def torch_one_thread():
+    """Tiny matrices: one torch thread avoids spin waits that make them ~1000x slower on a loaded 2-core box."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

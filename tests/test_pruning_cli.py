@@ -20,12 +20,7 @@ TEXT = ("In the beginning God created the heaven and the earth. And the earth wa
         "and darkness was upon the face of the deep. And the Spirit of God moved upon the face of the waters. ") * 6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def tiny_llama(vocab=256):

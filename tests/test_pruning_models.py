@@ -59,13 +59,7 @@ LAYOUTS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny matrices: one BLAS thread is ~1000x faster than two on a loaded 2-core machine (spin waits)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def calib(n=4, seqlen=16, seed=0):

@@ -8,14 +8,7 @@ import torch
 from htsr.pruning import PruningError
 from htsr.pruning.pruners import LayerStats, magnitude_prune, sparsegpt_prune, wanda_prune
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small matrices: one BLAS thread avoids spin waits on a loaded 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _layer(out=48, inp=256, seed=0):
