@@ -29,7 +29,6 @@ from htsr.errors import SourceError
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-_NORM_HINTS = ("norm", "ln_", "layernorm", "rmsnorm", "batchnorm", "bn")
 
 
 @dataclass
