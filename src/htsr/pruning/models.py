@@ -10,7 +10,6 @@ the inputs of block k+1 are the outputs of the already-pruned block k.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import math
 import os
@@ -265,12 +264,10 @@ class PruneReport:
         return asdict(self)
 
     def save(self, path: str | Path) -> Path:
-        """Write the report as JSON (atomically)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=True))
-        os.replace(tmp, path)
-        return path
+        """Write the report as JSON with the project's one atomic writer (NaN becomes null)."""
+        from htsr.io import write_json
+
+        return write_json(path, self.to_dict())
 
 
 def allocate(model: nn.Module, layout: Layout, sparsity: float, allocation: str, epsilon: float, *,
