@@ -21,6 +21,12 @@ TABLE_COLUMNS = ("name", "kind", "N", "M", "num_evals", "status", "alpha", "xmin
                  "log_spectral_norm", "stable_rank", "time_s")
 
 
+# Each method's sub-commands live in ``htsr/cli/<name>.py`` with a ``register(subparsers)`` function.
+COMMAND_MODULES: tuple[str, ...] = (
+    "prune",
+)
+
+
 def _csv(s: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in s.split(",") if x.strip())
 
@@ -71,9 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--quiet", "-q", action="store_true", help="print only the summary")
     a.set_defaults(func=cmd_analyze)
 
-    from htsr.cli import prune
+    import importlib
 
-    prune.register(sub)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"htsr.cli.{name}").register(sub)
     return p
 
 

@@ -1,0 +1,1 @@
+"""Datasets and corpora shared by recipes: real data that works offline."""
