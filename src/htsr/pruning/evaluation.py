@@ -61,7 +61,9 @@ def read_text(path: str | Path) -> str:
     """A UTF-8 text file's contents, or a :class:`PruningError` saying why not.
 
     ``.jsonl`` / ``.jsonl.gz`` / ``.json.gz`` files (one JSON object per line, as C4's shards) give
-    their records' ``"text"`` fields joined with blank lines (WikiText-style).
+    their records' ``"text"`` fields joined with blank lines (WikiText-style); so do ``.parquet`` files
+    (the format of Hugging Face Hub datasets, e.g. wikitext's ``test-00000-of-00001.parquet``) and
+    ``.csv``/``.tsv`` tables, from their ``text`` column.
     """
     p = Path(path)
     if not p.is_file():
@@ -85,11 +87,33 @@ def read_text(path: str | Path) -> str:
                             raise PruningError(f'{p}, line {i}: expected an object with a "text" string')
                         texts.append(rec["text"])
             return "\n\n".join(texts)
+        if name.endswith((".parquet", ".csv", ".tsv")):
+            return _table_text(p, name)
         return p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise PruningError(f"{p} is not UTF-8 text: {e}") from e
     except (OSError, EOFError) as e:
         raise PruningError(f"cannot read {p}: {e}") from e
+
+
+def _table_text(p: Path, name: str) -> str:
+    import pandas as pd
+
+    try:
+        if name.endswith(".parquet"):
+            df = pd.read_parquet(p, columns=None)
+        else:
+            df = pd.read_csv(p, sep="\t" if name.endswith(".tsv") else ",", dtype=str, keep_default_na=False)
+    except ImportError as e:
+        raise PruningError(f"reading {p} needs pyarrow: pip install 'htsr[parquet]' ({e})") from e
+    except Exception as e:  # pandas/pyarrow raise many types for malformed files
+        raise PruningError(f"cannot read {p} as a table: {e}") from e
+    if "text" not in df.columns:
+        raise PruningError(f'{p}: no "text" column (columns: {", ".join(map(str, df.columns))})')
+    texts = [t for t in df["text"].tolist() if isinstance(t, str)]
+    if not texts:
+        raise PruningError(f'{p}: the "text" column holds no strings')
+    return "\n\n".join(texts)
 
 
 def calibration_windows(ids: torch.Tensor, nsamples: int, seqlen: int, seed: int = 0) -> torch.Tensor:

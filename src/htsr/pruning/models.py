@@ -313,6 +313,7 @@ def prune_model(
     owl_m: float = A.OWL_M,
     blocksize: int = 128,
     percdamp: float = 0.01,
+    progress: bool | None = None,
 ) -> PruneReport:
     """Prune ``model`` in place: allocate per-layer sparsities, then prune block by block.
 
@@ -326,6 +327,7 @@ def prune_model(
             ``metrics`` passes precomputed per-layer values (dict by module path, or layout order).
         mapping: "block" (block-mean metric, the reference default) or "matrix".
         max_ratio: clip per-layer sparsities to [0, max_ratio] with the mean restored (None: error instead).
+        progress: a tqdm bar over blocks (None: when stderr is a terminal).
     All inputs are validated, and the dense model checked for NaN/Inf activations, before any weight changes.
     """
     t0 = time.perf_counter()
@@ -373,7 +375,7 @@ def prune_model(
             for name, mod in zip(layout.names, layout.modules(), strict=True):
                 magnitude_prune(weight_2d(mod), target_of[name], nm)
         else:
-            _sequential(layout, calls, pruner, target_of, nm, blocksize, percdamp)
+            _sequential(layout, calls, pruner, target_of, nm, blocksize, percdamp, progress)
     finally:
         model.train(was_training)
     rows = []
@@ -398,10 +400,16 @@ def prune_model(
 
 @torch.no_grad()
 def _sequential(layout: Layout, calls: _Calls, pruner: str, target_of: dict[str, float], nm: NM | None,
-                blocksize: int, percdamp: float) -> None:
+                blocksize: int, percdamp: float, progress: bool | None = None) -> None:
     """Wanda/SparseGPT: per block, collect layer inputs, prune, and recompute outputs with the pruned weights."""
+    import sys
+
+    from tqdm.auto import tqdm
+
     inps = calls.inputs
-    for k, blk in enumerate(layout.blocks):
+    show = progress if progress is not None else bool(getattr(sys.stderr, "isatty", lambda: False)())
+    for k, blk in enumerate(tqdm(layout.blocks, desc=f"{pruner} blocks", unit="block", disable=not show,
+                                 file=sys.stderr, leave=False)):
         layers = layout.layers[k]
         stats = {n: LayerStats(weight_2d(m).shape[1], hessian=pruner == "sparsegpt", device=m.weight.device)
                  for n, m in layers.items()}

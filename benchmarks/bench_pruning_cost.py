@@ -1,0 +1,99 @@
+"""Pruning cost per layer: magnitude, Wanda and SparseGPT on one d x d linear layer, and SparseGPT's floor.
+
+For each size, one calibration batch of ``rows`` input vectors (e.g. 128 windows x 128 tokens = 16,384)
+is accumulated into the layer statistics exactly as :func:`htsr.pruning.prune_model` does
+(``LayerStats.add_batch`` in chunks of one window), then the layer is pruned to 50%. The SparseGPT
+floor is what no OBS pruner can avoid: accumulating the Hessian and one Cholesky factorisation of
+it, timed in the same run. Reported: median seconds over ``--repeats``, and SparseGPT / floor.
+
+    python benchmarks/bench_pruning_cost.py --sizes 1024,4096 --rows 16384 --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from htsr.io import write_json  # noqa: E402
+from htsr.pruning.pruners import LayerStats, magnitude_prune, sparsegpt_prune, wanda_prune  # noqa: E402
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _time(fn, device: str, repeats: int) -> float:
+    ts = []
+    for _ in range(repeats):
+        _sync(device)
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1024,4096")
+    ap.add_argument("--rows", type=int, default=16384, help="calibration input vectors (nsamples x seqlen)")
+    ap.add_argument("--window", type=int, default=128, help="vectors per add_batch call (one window)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    g = torch.Generator().manual_seed(0)
+    results = []
+    for d in (int(s) for s in a.sizes.split(",")):
+        W0 = (torch.randn(d, d, generator=g) / d ** 0.5).to(a.device)
+        X = torch.randn(a.rows, d, generator=g).to(a.device)
+
+        def stats(hessian: bool, X=X, d=d) -> LayerStats:
+            st = LayerStats(d, hessian=hessian, device=a.device)
+            for i in range(0, a.rows, a.window):
+                st.add_batch(X[i:i + a.window].unsqueeze(0))
+            return st
+
+        st_w = stats(False)
+        st_h = stats(True)
+        t_acc_norm = _time(lambda: stats(False), a.device, a.repeats)
+        t_acc_h = _time(lambda: stats(True), a.device, a.repeats)
+
+        def chol(H=st_h.H, d=d) -> None:
+            Hd = H + 0.01 * torch.mean(torch.diag(H)) * torch.eye(d, device=H.device)
+            torch.linalg.cholesky(Hd)
+
+        t_chol = _time(chol, a.device, a.repeats)
+        t_mag = _time(lambda W0=W0: magnitude_prune(W0.clone(), 0.5), a.device, a.repeats)
+        t_wanda = _time(lambda W0=W0, st=st_w: wanda_prune(W0.clone(), 0.5, st.col_sq_norm), a.device, a.repeats)
+        t_sgpt = _time(lambda W0=W0, st=st_h: sparsegpt_prune(W0.clone(), 0.5, st.H), a.device, a.repeats)
+        row = {"d": d, "rows": a.rows, "magnitude_s": t_mag, "wanda_stats_s": t_acc_norm, "wanda_prune_s": t_wanda,
+               "hessian_s": t_acc_h, "cholesky_s": t_chol, "sparsegpt_prune_s": t_sgpt,
+               "sparsegpt_total_s": t_acc_h + t_sgpt, "floor_s": t_acc_h + t_chol,
+               "ratio_total_to_floor": (t_acc_h + t_sgpt) / (t_acc_h + t_chol)}
+        results.append(row)
+        print(f"d={d}: magnitude {t_mag:.4f} s | wanda stats {t_acc_norm:.4f} + prune {t_wanda:.4f} s | "
+              f"sparsegpt hessian {t_acc_h:.4f} + prune {t_sgpt:.4f} s | floor (hessian + cholesky "
+              f"{t_chol:.4f}) {t_acc_h + t_chol:.4f} s | sparsegpt/floor {row['ratio_total_to_floor']:.2f}x",
+              flush=True)
+    print(f"\n{a.rows} calibration vectors, 50% unstructured, device {a.device}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}\n")
+    print("| d | magnitude s | Wanda s (stats + prune) | SparseGPT s (Hessian + OBS) | floor s (Hessian + Cholesky) "
+          "| SparseGPT / floor |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(f"| {r['d']} | {r['magnitude_s']:.4f} | {r['wanda_stats_s'] + r['wanda_prune_s']:.4f} | "
+              f"{r['sparsegpt_total_s']:.4f} | {r['floor_s']:.4f} | {r['ratio_total_to_floor']:.2f}x |")
+    if a.json:
+        write_json(a.json, {"device": a.device, "torch": torch.__version__, "results": results})
+
+
+if __name__ == "__main__":
+    main()
