@@ -1,0 +1,230 @@
+"""Hessian benchmark: htsr.landscape vs PyHessian 0.1 on the same CPU, model, data and tolerance, in one process.
+
+    python benchmarks/bench_hessian.py [--repeats 5] [--threads 1] [--width 16]
+
+Model: a CNN with BatchNorm (Conv 1→W, BN, ReLU, Conv W→W, BN, ReLU, MaxPool, Linear) trained for 3 epochs on
+scikit-learn digits; Hessian of the mean cross-entropy on one batch of 200 training images in eval mode (the
+MD-tree protocol), float32 as PyHessian is normally used. References: the exact trace (sum of eᵢᵀHeᵢ over all
+unit vectors, float64 copy of the model) and the top eigenvalue (Lanczos to 1e-10 in float64).
+
+For each seed: PyHessian ``hessian(...).eigenvalues()`` and ``.trace()`` (maxIter 100, tol 1e-3, global RNG seeded)
+vs htsr ``top_eigenvalues`` (Lanczos) and ``hessian_trace`` (Hutchinson with PyHessian's rule, and Hutch++ with 30
+products), each including its own set-up (PyHessian builds the gradient graph in its constructor). Memory: peak
+RSS increase of a child process that runs one library's eigenvalue + trace. Skips with a message when
+``pyhessian`` is not installed (``pip install --no-deps pyhessian==0.1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def build(width: int, seed: int = 0, train_epochs: int = 3):
+    from sklearn.datasets import load_digits
+
+    from htsr.training import train
+
+    d = load_digits()
+    x = torch.tensor(d.images[:, None] / 16.0, dtype=torch.float32)
+    y = torch.tensor(d.target)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Conv2d(1, width, 3), nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, width, 3),
+                              nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                              nn.Linear(width * 4, 10))
+    ds = torch.utils.data.TensorDataset(x[:1500], y[:1500])
+    dl = torch.utils.data.DataLoader(ds, batch_size=50, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    if train_epochs:
+        train(model, dl, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), epochs=train_epochs,
+              progress=False)
+    return model.eval(), (x[:200], y[:200])
+
+
+def references(model, batch):
+    import copy
+
+    from htsr.landscape.hessian import top_eigenvalues
+    from htsr.landscape.objective import Objective
+
+    m64 = copy.deepcopy(model).double()
+    b64 = (batch[0].double(), batch[1])
+    obj = Objective(m64, b64)
+    lam = float(top_eigenvalues(obj, 1, tol=1e-10, max_iter=300).eigenvalues[0])
+    tr = 0.0
+    eye_block = 256
+    for i in range(0, obj.dim, eye_block):
+        k = min(eye_block, obj.dim - i)
+        E = torch.zeros(k, obj.dim, dtype=torch.float64)
+        E[torch.arange(k), torch.arange(i, i + k)] = 1.0
+        tr += float((obj.hvp(E) * E).sum())
+    return lam, tr, obj.dim
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def run_pyhessian(model, batch, seed: int, what: str):
+    from pyhessian import hessian
+
+    torch.manual_seed(seed)  # PyHessian draws its probes from the global RNG
+    h = hessian(model, nn.CrossEntropyLoss(), data=batch, cuda=False)
+    if what == "eig":
+        vals, _ = h.eigenvalues(maxIter=100, tol=1e-3, top_n=1)
+        return float(vals[0]), None
+    samples = h.trace(maxIter=100, tol=1e-3)
+    model.zero_grad(set_to_none=True)
+    return float(np.mean(samples)), len(samples)
+
+
+def run_htsr(model, batch, seed: int, what: str):
+    from htsr.landscape.hessian import hessian_trace, top_eigenvalues
+    from htsr.landscape.objective import Objective
+
+    obj = Objective(model, batch)
+    if what == "eig":
+        r = top_eigenvalues(obj, 1, seed=seed)
+        return float(r.eigenvalues[0]), r.n_matvecs
+    if what == "hutchinson":
+        r = hessian_trace(obj, seed=seed)
+    else:
+        r = hessian_trace(obj, method="hutch++", num_matvecs=30, seed=seed)
+    return float(r.trace), r.n_matvecs
+
+
+def hvp_cost(model, batch, reps: int = 20) -> dict[str, float]:
+    from htsr.landscape.objective import Objective
+
+    x, y = batch
+
+    def grad():
+        model.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+
+    obj = Objective(model, batch)
+    fresh = Objective(model, batch, cache_graph=False)
+    v = torch.randn(obj.dim)
+    V = torch.randn(10, obj.dim)
+    obj.hvp(v)
+    grad()
+    out = {}
+    for name, fn, per in (("gradient", grad, 1), ("hvp_from_scratch", lambda: fresh.hvp(v), 1),
+                          ("hvp_cached_graph", lambda: obj.hvp(v), 1), ("hvp_block10_per_vector", lambda: obj.hvp(V),
+                                                                        10)):
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t) / per)
+        out[name] = statistics.median(ts)
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def worker(lib: str, width: int, threads: int, weights: str) -> None:
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(threads)
+    model, batch = build(width, train_epochs=0)  # trained weights come from the parent (no training peak here)
+    model.load_state_dict(load_file(weights))
+    model.eval()
+    run_htsr(model, (batch[0][:2], batch[1][:2]), 0, "eig")  # warm up torch's lazy initialisation alike
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if lib == "pyhessian":
+        run_pyhessian(model, batch, 0, "eig")
+        run_pyhessian(model, batch, 0, "trace")
+    else:
+        run_htsr(model, batch, 0, "eig")
+        run_htsr(model, batch, 0, "hutchinson")
+        run_htsr(model, batch, 0, "hutch++")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"lib": lib, "rss_increase_mib": (peak - base) / 1024, "peak_mib": peak / 1024}))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--width", type=int, default=16)
+    ap.add_argument("--worker", choices=["pyhessian", "htsr"], default=None)
+    ap.add_argument("--weights", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--memory-only", action="store_true", help="only the peak-RSS comparison")
+    args = ap.parse_args()
+    try:
+        import pyhessian  # noqa: F401
+    except ImportError:
+        print("SKIP: pyhessian is not installed (pip install --no-deps pyhessian==0.1)")
+        return 0
+    if args.worker:
+        worker(args.worker, args.width, args.threads, args.weights)
+        return 0
+    torch.set_num_threads(args.threads)
+    model, batch = build(args.width)
+    if args.memory_only:
+        memory(model, args)
+        return 0
+    lam, tr, dim = references(model, batch)
+    print(f"model: digits CNN width {args.width}, {dim} parameters, batch 200, float32, {args.threads} thread(s)")
+    print(f"reference: top eigenvalue {lam:.6g}, exact trace {tr:.6g}")
+    rows = {}
+    cases = [("pyhessian", "eig"), ("htsr", "eig"), ("pyhessian", "trace"), ("htsr", "hutchinson"),
+             ("htsr", "hutch++")]
+    for s in range(args.repeats):  # interleaved, so that load changes hit every method alike
+        for lib, what in cases:
+            fn = run_pyhessian if lib == "pyhessian" else run_htsr
+            t, (val, n) = timed(lambda fn=fn, what=what, s=s: fn(model, batch, s, what))
+            ref = lam if what == "eig" else tr
+            rows.setdefault(f"{lib}:{what}", []).append((t, abs(val / ref - 1), n))
+    print(f"\n{'method':22s} {'median s':>9s} {'mean |rel err|':>15s} {'max |rel err|':>14s} {'mean HVPs':>10s}")
+    summary = {}
+    for k, v in rows.items():
+        ts, es, ns = zip(*v, strict=True)
+        ns = [n for n in ns if n is not None]
+        summary[k] = (statistics.median(ts), float(np.mean(es)))
+        print(f"{k:22s} {statistics.median(ts):9.4f} {np.mean(es):15.2e} {np.max(es):14.2e} "
+              f"{(np.mean(ns) if ns else float('nan')):10.1f}")
+    print("\nspeed-up (PyHessian median time / htsr median time):")
+    for a, b in (("pyhessian:eig", "htsr:eig"), ("pyhessian:trace", "htsr:hutchinson"),
+                 ("pyhessian:trace", "htsr:hutch++")):
+        print(f"  {b:18s} vs {a:16s}: {summary[a][0] / summary[b][0]:.2f}x faster; error ratio "
+              f"{summary[b][1] / summary[a][1]:.2f} (< 1: more accurate)")
+    c = hvp_cost(model, batch)
+    print("\ncost of one Hessian-vector product relative to one gradient (median of 20):")
+    for k in ("hvp_from_scratch", "hvp_cached_graph", "hvp_block10_per_vector"):
+        print(f"  {k:24s} {c[k] / c['gradient']:.2f}x  ({c[k] * 1e3:.2f} ms vs {c['gradient'] * 1e3:.2f} ms)")
+    memory(model, args)
+    return 0
+
+
+def memory(model, args) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    print("\npeak RSS increase of a child process running eigenvalue + trace (same trained weights):")
+    with tempfile.TemporaryDirectory() as d:
+        w = str(Path(d) / "w.safetensors")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, w)
+        for lib in ("pyhessian", "htsr"):
+            out = subprocess.run([sys.executable, __file__, "--worker", lib, "--width", str(args.width),
+                                  "--threads", str(args.threads), "--weights", w], capture_output=True, text=True,
+                                 check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"  {lib:10s} +{r['rss_increase_mib']:.1f} MiB (peak {r['peak_mib']:.0f} MiB)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

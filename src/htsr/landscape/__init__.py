@@ -1,0 +1,36 @@
+"""Loss-landscape toolkit: Hessian spectra (power iteration, Lanczos, Hutchinson, Hutch++, SLQ), 1-D/2-D loss
+surfaces along filter-normalised directions, linear and Bezier mode connectivity, and (in sibling modules)
+CKA, sharpness and SAM. Everything evaluates an :class:`~htsr.landscape.objective.Objective`
+(model + loss + data). Importing this package is cheap: submodules (and torch) load on first use.
+"""
+
+from __future__ import annotations
+
+_WHERE = {
+    "Objective": "objective", "LandscapeError": "objective", "reestimate_bn": "objective",
+    "check_same_architecture": "objective",
+    "top_eigenvalues": "hessian", "hessian_trace": "hessian", "spectral_density": "hessian",
+    "hessian_summary": "hessian", "EigenResult": "hessian", "TraceResult": "hessian", "DensityResult": "hessian",
+    "random_direction": "directions", "model_direction": "directions", "plane_through": "directions",
+    "surface_1d": "surfaces", "surface_2d": "surfaces", "random_surface_1d": "surfaces",
+    "random_surface_2d": "surfaces", "line_between": "surfaces", "plane_between": "surfaces",
+    "Surface1D": "surfaces", "Surface2D": "surfaces",
+    "linear_path": "paths", "train_bezier": "paths", "evaluate_curve": "paths", "BezierCurve": "paths",
+    "PathResult": "paths", "mode_connectivity": "paths", "mode_connectivity_peak": "paths",
+    "linear_cka": "cka", "hsic1": "cka", "MinibatchCKA": "cka", "compare_models": "cka", "output_cka": "cka",
+    "SAM": "sam", "ASAM": "sam", "SAMStateError": "sam", "frozen_norm_stats": "sam",
+    "worst_case_sharpness": "sharpness", "sharpness_table": "sharpness", "average_sharpness": "sharpness",
+    "SharpnessResult": "sharpness", "per_sample_grad_norms": "persample",
+    "disagreement": "diversity", "disagreement_matrix": "diversity", "disagreement_error_ratio": "diversity",
+    "prediction_variance": "diversity", "ensemble_metrics": "diversity", "collect_outputs": "diversity",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(f"htsr.landscape.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'htsr.landscape' has no attribute {name!r}")

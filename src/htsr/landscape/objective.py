@@ -1,0 +1,462 @@
+"""The shared "model + loss + data" objective of the loss-landscape toolkit.
+
+Every landscape method (Hessian spectra, surfaces, paths, sharpness, SAM, CKA) evaluates the same thing:
+the mean loss of a model over some data, as a function of a chosen subset of its parameters.
+:class:`Objective` holds that and nothing more. Its API is small and stable:
+
+``Objective(model, data, loss_fn=None, *, params=None, train_mode=False, max_batches=None, cache_graph=None)``
+    ``data`` is one batch (a tensor, an ``(x, y)`` tuple/list, or a dict of tensors) or an iterable of batches
+    (a DataLoader, a list of batches; re-iterated on every pass). ``loss_fn(model, batch) -> scalar tensor``
+    is the training loop's convention (default :func:`htsr.training.default_loss`: cross-entropy for integer
+    targets, MSE for float targets, ``outputs.loss`` for dict batches). ``params`` selects parameters by exact
+    name or glob (``fnmatch``), or by a predicate ``(name, parameter) -> bool``; default: every parameter with
+    ``requires_grad``. ``train_mode=False`` evaluates in ``eval()`` mode (PyHessian's convention), restoring
+    the model's previous mode afterwards; in train mode, BatchNorm running statistics are *not* changed
+    (clones of the buffers are passed in).
+
+Attributes: ``model``, ``names`` (selected parameter names), ``params`` (the live ``nn.Parameter`` objects),
+``shapes``, ``numel`` (list), ``dim`` (total number of selected scalars), ``device``, ``dtype``.
+
+Methods (``vec`` is a flat 1-D tensor of length ``dim`` in the order of ``names``):
+
+- ``batches()`` -> iterator of ``(batch, weight)``, ``weight`` = batch size / total size; checks devices.
+- ``loss(vec=None) -> float``: the batch-size-weighted mean loss at ``vec`` (current weights if None), no grad.
+- ``metrics(vec=None) -> dict``: ``loss`` and, for ``(x, integer y)`` batches, ``error`` (fraction misclassified).
+- ``loss_and_grad(vec=None) -> (float, Tensor)``: mean loss and its flat gradient (weighted over batches).
+- ``hvp(v) -> Tensor``: Hessian-vector product of the mean loss, ``v`` of shape ``(dim,)`` or ``(k, dim)``
+  (a block of k vectors, evaluated in one batched backward pass where the model allows it).
+- ``functional_loss(tensors, batch) -> Tensor``: the loss of one batch with the selected parameters replaced
+  by ``tensors`` (a list in ``names`` order), differentiable (``torch.func`` friendly).
+- ``get_vector()``, ``set_vector(vec)``, ``perturbed(vec)`` (context manager: weights set to ``vec`` and
+  restored on exit, buffers included), ``flatten(tensors)``, ``unflatten(vec)``.
+
+Helpers: ``select_parameters(model, params)``, ``batch_size(batch)``, ``is_batch(data)``,
+``reestimate_bn(model, data)`` (BatchNorm running statistics recomputed on data, Garipov et al.'s cumulative
+average weighted by batch size), ``check_same_architecture(a, b)``.
+
+Batches are weighted by their size (the leading dimension of the first tensor), so a DataLoader whose last
+batch is short gives exactly the mean over all samples, like one big batch. Errors (:class:`LandscapeError`):
+a model with no (selected) trainable parameter, a loss that is not a scalar, data on another device than the
+model, empty data, an unknown parameter name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from htsr.errors import HtsrError
+
+__all__ = ["LandscapeError", "Objective", "LossFn", "is_batch", "batch_size", "default_loss", "select_parameters",
+           "reestimate_bn", "check_same_architecture", "has_batchnorm"]
+
+LossFn = Callable[[nn.Module, Any], torch.Tensor]
+ParamSelector = Sequence[str] | Callable[[str, nn.Parameter], bool] | None
+
+
+class LandscapeError(HtsrError, ValueError):
+    """Bad landscape input: no trainable parameter, non-scalar or non-finite loss, device mismatch,
+    mismatched architectures, unknown parameter names."""
+
+
+def default_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+    """The training loop's default loss (:func:`htsr.training.default_loss`)."""
+    from htsr.training import default_loss as _dl
+
+    return _dl(model, batch)
+
+
+def is_batch(data: Any) -> bool:
+    """True when ``data`` is a single batch (a tensor, a dict of tensors, or a tuple/list starting with a tensor)
+    rather than an iterable of batches."""
+    if isinstance(data, torch.Tensor):
+        return True
+    if isinstance(data, Mapping):
+        return any(isinstance(v, torch.Tensor) for v in data.values())
+    if isinstance(data, tuple | list) and data:
+        return isinstance(data[0], torch.Tensor)
+    return False
+
+
+def batch_size(batch: Any) -> int:
+    """Number of samples in a batch: the leading dimension of its first tensor (1 when there is none)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.ndim else 1
+    if isinstance(batch, Mapping):
+        for v in batch.values():
+            if isinstance(v, torch.Tensor) and v.ndim:
+                return int(v.shape[0])
+        return 1
+    if isinstance(batch, tuple | list) and batch:
+        return batch_size(batch[0])
+    return 1
+
+
+def _tensors(batch: Any) -> Iterator[torch.Tensor]:
+    if isinstance(batch, torch.Tensor):
+        yield batch
+    elif isinstance(batch, Mapping):
+        for v in batch.values():
+            yield from _tensors(v)
+    elif isinstance(batch, tuple | list):
+        for v in batch:
+            yield from _tensors(v)
+
+
+class _Bound(nn.Module):
+    """``forward(batch) = loss_fn(model, batch)``: lets ``torch.func.functional_call`` swap the model's
+    parameters under any ``(model, batch)`` loss without per-layer functional code."""
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn) -> None:
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.loss_fn(self.model, batch)
+
+
+def select_parameters(model: nn.Module, params: ParamSelector = None) -> list[tuple[str, nn.Parameter]]:
+    """``(name, parameter)`` pairs chosen by ``params`` (names/globs, a predicate, or None = all trainable)."""
+    named = list(model.named_parameters())
+    if params is None:
+        chosen = [(n, p) for n, p in named if p.requires_grad]
+    elif callable(params):
+        chosen = [(n, p) for n, p in named if params(n, p)]
+    else:
+        if isinstance(params, str):
+            params = [params]
+        chosen, seen = [], set()
+        for pat in params:
+            hits = [(n, p) for n, p in named if n == pat or fnmatch.fnmatchcase(n, pat)]
+            if not hits:
+                raise LandscapeError(f"parameter {pat!r} matches no parameter of the model; names look like "
+                                     f"{[n for n, _ in named[:3]]}")
+            for n, p in hits:
+                if n not in seen:
+                    seen.add(n)
+                    chosen.append((n, p))
+        order = {n: i for i, (n, _) in enumerate(named)}
+        chosen.sort(key=lambda np_: order[np_[0]])
+    if not chosen:
+        raise LandscapeError(f"{type(model).__name__} has no trainable parameters to analyse "
+                             "(none selected, or all have requires_grad=False)")
+    return chosen
+
+
+class Objective:
+    """Mean loss of ``model`` over ``data`` as a function of the selected parameters (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, data: Any, loss_fn: LossFn | None = None, *, params: ParamSelector = None,
+                 train_mode: bool = False, max_batches: int | None = None, cache_graph: bool | None = None) -> None:
+        if not isinstance(model, nn.Module):
+            raise LandscapeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if data is None:
+            raise LandscapeError("data is None; expected a batch (x, y) / dict of tensors or a DataLoader")
+        if max_batches is not None and max_batches < 1:
+            raise LandscapeError(f"max_batches must be >= 1 or None, got {max_batches}")
+        self.model = model
+        self.loss_fn: LossFn = loss_fn or default_loss
+        self._default_loss = loss_fn is None
+        chosen = select_parameters(model, params)
+        self.names: list[str] = [n for n, _ in chosen]
+        self.params: list[nn.Parameter] = [p for _, p in chosen]
+        self.shapes = [tuple(p.shape) for p in self.params]
+        self.numel = [p.numel() for p in self.params]
+        self.dim = int(sum(self.numel))
+        self.device = self.params[0].device
+        self.dtype = self.params[0].dtype
+        self.train_mode = bool(train_mode)
+        self.max_batches = max_batches
+        self.single = is_batch(data)
+        self.data = data
+        self.cache_graph = self.single if cache_graph is None else bool(cache_graph)
+        self._bound = _Bound(model, self.loss_fn)
+        self._keys = ["model." + n for n in self.names]
+        self._cache: tuple[Any, list[tuple[list[torch.Tensor], list[torch.Tensor], float]]] | None = None
+
+    # ------------------------------------------------------------------ vectors
+
+    def flatten(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Concatenate per-parameter tensors (``names`` order) into one flat vector."""
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def unflatten(self, vec: torch.Tensor) -> list[torch.Tensor]:
+        """Split a flat vector (or a ``(k, dim)`` block) into per-parameter views of the parameters' shapes."""
+        if vec.shape[-1] != self.dim:
+            raise LandscapeError(f"vector has {vec.shape[-1]} entries, expected {self.dim} (the selected parameters)")
+        lead = tuple(vec.shape[:-1])
+        return [c.reshape(lead + s) for c, s in zip(vec.split(self.numel, dim=-1), self.shapes, strict=True)]
+
+    def get_vector(self) -> torch.Tensor:
+        """A flat copy of the selected parameters' current values."""
+        return self.flatten([p.detach() for p in self.params]).clone()
+
+    @torch.no_grad()
+    def set_vector(self, vec: torch.Tensor) -> None:
+        """Copy ``vec`` into the selected parameters (in place)."""
+        for p, t in zip(self.params, self.unflatten(vec.to(self.device, self.dtype)), strict=True):
+            p.copy_(t)
+
+    @contextlib.contextmanager
+    def perturbed(self, vec: torch.Tensor | None) -> Iterator[None]:
+        """Parameters set to ``vec`` inside the block; parameters and buffers restored on exit."""
+        if vec is None:
+            yield
+            return
+        saved = self.get_vector()
+        buffers = {k: b.detach().clone() for k, b in self.model.named_buffers()}
+        try:
+            self.set_vector(vec)
+            yield
+        finally:
+            self.set_vector(saved)
+            with torch.no_grad():
+                for k, b in self.model.named_buffers():
+                    if k in buffers:
+                        b.copy_(buffers[k])
+
+    # ------------------------------------------------------------------ data
+
+    def _check_devices(self, batch: Any) -> None:
+        for t in _tensors(batch):
+            if t.device != self.device:
+                raise LandscapeError(f"data is on {t.device} but the model's parameters are on {self.device}; "
+                                     "move the data (or the model) so that both are on the same device")
+
+    def batches(self) -> Iterator[tuple[Any, float]]:
+        """``(batch, weight)`` pairs; weights are batch sizes over the total and sum to 1."""
+        if self.single:
+            self._check_devices(self.data)
+            yield self.data, 1.0
+            return
+        if not isinstance(self.data, Iterable):
+            raise LandscapeError(f"data must be a batch or an iterable of batches, got {type(self.data).__name__}")
+        items = []
+        for i, batch in enumerate(self.data):
+            if self.max_batches is not None and i >= self.max_batches:
+                break
+            self._check_devices(batch)
+            items.append((batch, batch_size(batch)))
+        total = sum(n for _, n in items)
+        if not items or total == 0:
+            raise LandscapeError("data yielded no batch (empty DataLoader?)")
+        for batch, n in items:
+            yield batch, n / total
+
+    @contextlib.contextmanager
+    def _mode(self) -> Iterator[None]:
+        was = self.model.training
+        self.model.train(self.train_mode)
+        try:
+            yield
+        finally:
+            self.model.train(was)
+
+    def _buffers(self, prefix: str = "model.") -> dict[str, torch.Tensor]:
+        # train mode: BatchNorm updates running stats in place; hand it clones so the model is not changed
+        if not self.train_mode:
+            return {}
+        return {prefix + k: b.clone() for k, b in self.model.named_buffers()}
+
+    def _check_loss(self, loss: Any) -> torch.Tensor:
+        if not isinstance(loss, torch.Tensor):
+            raise LandscapeError(f"loss_fn must return a torch.Tensor, got {type(loss).__name__}")
+        if loss.ndim != 0:
+            raise LandscapeError(f"loss_fn must return a scalar (0-d) tensor, got shape {tuple(loss.shape)}; "
+                                 "use a mean reduction")
+        return loss
+
+    # ------------------------------------------------------------------ evaluations
+
+    def functional_loss(self, tensors: Sequence[torch.Tensor], batch: Any) -> torch.Tensor:
+        """Loss of one batch with the selected parameters replaced by ``tensors`` (differentiable; in the
+        objective's train/eval mode)."""
+        from torch.func import functional_call
+
+        mapping = dict(zip(self._keys, tensors, strict=True))
+        mapping.update(self._buffers())
+        with self._mode():
+            return self._check_loss(functional_call(self._bound, mapping, (batch,)))
+
+    def loss(self, vec: torch.Tensor | None = None) -> float:
+        """Batch-size-weighted mean loss at ``vec`` (current weights if None); NaN propagates, never raises."""
+        return self.metrics(vec, error=False)["loss"]
+
+    @torch.no_grad()
+    def metrics(self, vec: torch.Tensor | None = None, error: bool = True) -> dict[str, float]:
+        """``loss`` and (``(x, integer y)`` batches) ``error``, the misclassified fraction, weighted over batches."""
+        tensors = self.unflatten(vec.to(self.device, self.dtype)) if vec is not None else list(self.params)
+        total, wrong, n_cls = 0.0, 0, 0
+        with self._mode():
+            for batch, w in self.batches():
+                classify = (error and isinstance(batch, tuple | list) and len(batch) == 2
+                            and isinstance(batch[1], torch.Tensor) and not batch[1].is_floating_point())
+                if classify:
+                    from torch.func import functional_call
+
+                    mapping = dict(zip(self.names, tensors, strict=True))
+                    mapping.update(self._buffers(prefix=""))
+                    x, y = batch
+                    out = functional_call(self.model, mapping, (x,))
+                    if self._default_loss:
+                        loss = nn.functional.cross_entropy(out, y.long())
+                    else:
+                        loss = self.functional_loss(tensors, batch)
+                    wrong += int((out.argmax(dim=-1) != y).sum())  # exact counts: order-independent
+                    n_cls += int(y.numel())
+                else:
+                    loss = self.functional_loss(tensors, batch)
+                total += float(loss) * w
+        out_d = {"loss": total}
+        if n_cls > 0:
+            out_d["error"] = wrong / n_cls
+        return out_d
+
+    def loss_and_grad(self, vec: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
+        """Mean loss and its flat gradient with respect to the selected parameters."""
+        base = self.unflatten(vec.to(self.device, self.dtype)) if vec is not None else [p.detach() for p in
+                                                                                         self.params]
+        total, grad = 0.0, torch.zeros(self.dim, device=self.device, dtype=self.dtype)
+        with self._mode():
+            for batch, w in self.batches():
+                leaves = [t.detach().requires_grad_(True) for t in base]
+                loss = self.functional_loss(leaves, batch)
+                g = torch.autograd.grad(loss, leaves, allow_unused=True, materialize_grads=True)
+                grad += w * self.flatten(g)
+                total += float(loss.detach()) * w
+        return total, grad
+
+    # ------------------------------------------------------------------ Hessian-vector products
+
+    def _graphs(self) -> Iterator[tuple[list[torch.Tensor], list[torch.Tensor], float]]:
+        """Per batch: (leaves, gradient with graph, weight). Cached across calls when ``cache_graph``."""
+        versions = tuple(p._version for p in self.params)
+        if self.cache_graph and self._cache is not None and self._cache[0] == versions:
+            yield from self._cache[1]
+            return
+        built = []
+        for batch, w in self.batches():
+            leaves = [p.detach().requires_grad_(True) for p in self.params]
+            loss = self.functional_loss(leaves, batch)
+            g = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True, materialize_grads=True)
+            item = (leaves, list(g), w)
+            if self.cache_graph:
+                built.append(item)
+            else:
+                yield item
+        if self.cache_graph:
+            self._cache = (versions, built)
+            yield from built
+
+    def clear_cache(self) -> None:
+        """Drop the cached gradient graph (frees its memory)."""
+        self._cache = None
+
+    def hvp(self, v: torch.Tensor) -> torch.Tensor:
+        """Hessian-vector product(s) of the mean loss: ``v`` is ``(dim,)`` or a block ``(k, dim)``."""
+        v = v.to(self.device, self.dtype)
+        block = v.ndim == 2
+        out = torch.zeros_like(v)
+        with self._mode():
+            for leaves, g, w in self._graphs():
+                idx = [i for i, gi in enumerate(g) if gi.requires_grad]
+                if not idx:  # loss is linear in the parameters
+                    continue
+                parts = self.unflatten(v)
+                outs = [g[i] for i in idx]
+                gv = [parts[i] for i in idx]
+                retain = self.cache_graph
+                if block:
+                    try:
+                        hv = torch.autograd.grad(outs, leaves, gv, retain_graph=True, allow_unused=True,
+                                                 materialize_grads=True, is_grads_batched=True)
+                        res = torch.cat([h.reshape(v.shape[0], -1) for h in hv], dim=1)
+                    except RuntimeError:  # an op without a batching rule: one vector at a time
+                        res = torch.stack([self.flatten(torch.autograd.grad(
+                            outs, leaves, [x[j] for x in gv], retain_graph=True, allow_unused=True,
+                            materialize_grads=True)) for j in range(v.shape[0])])
+                else:
+                    hv = torch.autograd.grad(outs, leaves, gv, retain_graph=retain, allow_unused=True,
+                                             materialize_grads=True)
+                    res = self.flatten(hv)
+                out += w * res
+        return out
+
+
+# ----------------------------------------------------------------------------- BatchNorm and architectures
+
+
+def _forward_batch(model: nn.Module, batch: Any) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return model(batch)
+    if isinstance(batch, Mapping):
+        return model(**{k: v for k, v in batch.items() if k != "labels"})
+    if isinstance(batch, tuple | list) and batch:
+        return model(batch[0])
+    raise LandscapeError(f"cannot feed a batch of type {type(batch).__name__} to the model; expected a tensor, "
+                         "(x, y) or a dict of tensors")
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    """True when the model has a BatchNorm layer that tracks running statistics."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, data: Any, max_batches: int | None = None) -> int:
+    """Recompute every BatchNorm layer's running mean/variance on ``data`` (a batch or batches) at the current
+    weights, as Garipov et al.'s ``update_bn``: statistics reset, then a cumulative average with momentum
+    ``b / (n + b)`` per batch (b its size, n the samples seen), so each sample counts equally. The model's
+    train/eval mode and the layers' momenta are restored. Returns the number of samples used (0: no BN layer)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return 0
+    batches = [data] if is_batch(data) else data
+    momenta = {m: m.momentum for m in bns}
+    was = model.training
+    for m in bns:
+        m.reset_running_stats()
+    model.train()
+    n = 0
+    device = next((p.device for p in model.parameters()), None)
+    try:
+        for i, batch in enumerate(batches):
+            if max_batches is not None and i >= max_batches:
+                break
+            for t in _tensors(batch):
+                if device is not None and t.device != device:
+                    raise LandscapeError(f"BatchNorm data is on {t.device} but the model is on {device}")
+            b = batch_size(batch)
+            for m in bns:
+                m.momentum = b / (n + b)
+            _forward_batch(model, batch)
+            n += b
+    finally:
+        for m in bns:
+            m.momentum = momenta[m]
+        model.train(was)
+    if n == 0:
+        raise LandscapeError("BatchNorm re-estimation data yielded no batch")
+    return n
+
+
+def check_same_architecture(a: nn.Module, b: nn.Module, what: str = "models") -> None:
+    """Raise :class:`LandscapeError` unless ``a`` and ``b`` have the same parameter and buffer names and shapes."""
+    sa = {k: tuple(v.shape) for k, v in a.state_dict().items()}
+    sb = {k: tuple(v.shape) for k, v in b.state_dict().items()}
+    if sa == sb:
+        return
+    only_a = sorted(set(sa) - set(sb))
+    only_b = sorted(set(sb) - set(sa))
+    if only_a or only_b:
+        raise LandscapeError(f"the {what} have different architectures: entries only in the first: {only_a[:5]}, "
+                             f"only in the second: {only_b[:5]}")
+    bad = [k for k in sa if sa[k] != sb[k]]
+    raise LandscapeError(f"the {what} have different architectures: {bad[0]!r} has shape {sa[bad[0]]} vs "
+                         f"{sb[bad[0]]} ({len(bad)} mismatched tensors)")
