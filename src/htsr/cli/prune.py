@@ -60,8 +60,19 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", required=True, help="output directory (must not exist or be empty)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar over blocks (default: when stderr is a terminal)")
     p.add_argument("--dtype", choices=list(DTYPES), default="auto",
                    help="load (and save) the weights in this dtype; auto = the checkpoint's (statistics are float32)")
+    p.add_argument("--backend", choices=["htsr", "llmcompressor"], default="htsr",
+                   help="who prunes with the allocation: htsr (default) or llmcompressor's Wanda/SparseGPT modifier "
+                        "(pip install 'htsr[llmcompressor]')")
+    p.add_argument("--format", choices=["hf", "compressed-tensors"], default="hf", dest="out_format",
+                   help="hf (default): plain safetensors; compressed-tensors: the same weights with a "
+                        "compressed-tensors quantization_config, 2:4 layers marked (pip install 'htsr[compress]')")
+    p.add_argument("--sparsity-config", choices=["auto", "on", "off"], default="auto",
+                   help="compressed-tensors: write the sparsity_config naming the sparse layers (auto: only when "
+                        "every pruned layer is 2:4)")
     p.set_defaults(func=cmd_prune)
 
     q = subparsers.add_parser("perplexity", help="perplexity of a causal LM on a text file",
@@ -93,31 +104,58 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from htsr.pruning import evaluation as E
     from htsr.pruning.models import load_model, prune_model, save_pruned
 
+    backend = getattr(args, "backend", "htsr")
+    out_format = getattr(args, "out_format", "hf")
     try:
         if args.sparsity is None and args.nm is None:
             return _err("--sparsity is required (or --nm N:M)")
+        if backend == "llmcompressor" or out_format == "compressed-tensors":  # missing extras fail before loading
+            from htsr.pruning.backends import require
+
+            if backend == "llmcompressor":
+                require("llmcompressor")
+                from htsr.pruning.backends.llmcompressor import check_pruner
+
+                check_pruner(args.pruner)
+            if out_format == "compressed-tensors":
+                require("compressed_tensors")
         if args.allocation is None:
             args.allocation = "uniform" if args.nm is not None else "alpha"
         if args.nsamples < 1:
             return _err("--nsamples must be >= 1")
         text = E.read_text(args.calibration) if args.calibration else None
         model = load_model(args.model_dir, _dtype(args.dtype)).to(args.device)
-        ids = None
+        ids = tok = None
         if text is not None:
             tok = E.load_tokenizer(args.model_dir, getattr(model.config, "vocab_size", None))
             seqlen = args.seqlen or _default_seqlen(model)
             ids = E.calibration_windows(E.tokenize(tok, text), args.nsamples, seqlen, args.seed)
         elif args.pruner != "magnitude" or args.allocation == "owl":
             return _err(f"--calibration TEXTFILE is needed by pruner {args.pruner!r} / allocation {args.allocation!r}")
-        report = prune_model(model, args.sparsity, args.pruner, args.allocation, args.epsilon, ids, nm=args.nm,
-                             metric=args.metric, mapping=args.mapping, max_ratio=args.max_ratio,
-                             owl_lambda=args.owl_lambda, owl_m=args.owl_m)
+        kw = dict(nm=args.nm, metric=args.metric, mapping=args.mapping, max_ratio=args.max_ratio,
+                  owl_lambda=args.owl_lambda, owl_m=args.owl_m)
+        if backend == "llmcompressor":
+            from htsr.pruning.backends.llmcompressor import prune_with_llmcompressor
+
+            report = prune_with_llmcompressor(model, args.sparsity, args.pruner, args.allocation, args.epsilon, ids,
+                                              processor=None if isinstance(tok, E.ByteTokenizer) else tok, **kw)
+        else:
+            report = prune_model(model, args.sparsity, args.pruner, args.allocation, args.epsilon, ids,
+                                 progress=args.progress, **kw)
         report.settings.update(model_dir=str(args.model_dir), calibration=args.calibration, seed=args.seed)
-        out = save_pruned(model.to("cpu"), args.out, report, source_dir=args.model_dir, overwrite=args.overwrite)
+        if out_format == "compressed-tensors":
+            from htsr.pruning.export import export_compressed_tensors
+
+            mark = {"auto": None, "on": True, "off": False}[args.sparsity_config]
+            out = export_compressed_tensors(model.to("cpu"), args.out, report, source_dir=args.model_dir,
+                                            mark_sparsity=mark, overwrite=args.overwrite)
+        else:
+            out = save_pruned(model.to("cpu"), args.out, report, source_dir=args.model_dir, overwrite=args.overwrite)
     except (HtsrError, ValueError, OSError) as e:
         return _err(str(e))
     print(f"pruned {len(report.layers)} layers: target sparsity {report.target_sparsity:.4f}, "
-          f"achieved {report.achieved_sparsity:.4f} ({report.settings['pruner']}, {report.settings['allocation']})")
+          f"achieved {report.achieved_sparsity:.4f} ({report.settings['pruner']}, {report.settings['allocation']}"
+          + (", llmcompressor)" if backend == "llmcompressor" else ")"))
     print(f"wrote {out}", file=sys.stderr)
     return 0
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 from htsr.pruning.errors import PruningError
 
 __all__ = ["PruningError", "alpha_allocation", "owl_allocation", "uniform_allocation", "prune_model", "save_pruned",
-           "load_model", "perplexity", "calibration_windows", "PruneReport"]
+           "load_model", "perplexity", "calibration_windows", "PruneReport", "prune_with_llmcompressor",
+           "export_compressed_tensors"]
 
 _WHERE = {
     "alpha_allocation": "allocation", "owl_allocation": "allocation", "uniform_allocation": "allocation",
     "prune_model": "models", "save_pruned": "models", "load_model": "models", "PruneReport": "models",
     "perplexity": "evaluation", "calibration_windows": "evaluation",
+    "prune_with_llmcompressor": "backends.llmcompressor", "export_compressed_tensors": "export",
 }
 
 

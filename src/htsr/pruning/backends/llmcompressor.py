@@ -1,0 +1,295 @@
+"""AlphaPruning's allocation applied by llmcompressor: htsr computes the per-layer sparsities, llmcompressor prunes.
+
+:func:`prune_with_llmcompressor` takes the arguments of :func:`htsr.pruning.models.prune_model` and returns
+the same :class:`~htsr.pruning.models.PruneReport`. htsr finds the blocks and layers
+(:func:`~htsr.pruning.models.find_layout`), computes the metrics and the allocation
+(:func:`~htsr.pruning.models.allocate`: alpha, uniform or OWL), then runs ``llmcompressor.oneshot`` with
+a ``WandaPruningModifier`` or ``SparseGPTModifier`` whose ``targets`` are the layers' full module paths and
+whose ``sparsity`` is the matching per-layer list, on llmcompressor's ``sequential`` pipeline (one
+subgraph per transformer block, the pruned block's outputs feeding the next, as htsr's own pruner does).
+Calibration windows are handed over as an in-memory ``DataLoader`` of token ids: nothing is downloaded.
+
+What llmcompressor 0.14 does differently (measured in ``benchmarks/bench_llmcompressor_parity.py``):
+
+- Wanda: nothing; the same per-layer sparsities give the same masks and weights as htsr's pruner.
+- SparseGPT: each 128-column block's mask is ``score <= sorted(score)[int(count*s)]`` (the reference
+  code's threshold), one weight more per block than htsr's exactly ``int(count*s)``, so the achieved
+  sparsity is higher by one weight per block and the error feedback then diverges slightly.
+- Magnitude: llmcompressor's ``MagnitudePruningModifier`` is a training-time (scheduled, mask-on-step)
+  modifier that prunes nothing in ``oneshot``; it is refused here (use the htsr backend).
+- OWL: llmcompressor's own ``sparsity_profile="owl"`` fails in 0.14.0.1 ("Cannot invoke event before
+  initializing", its activation pass runs before the session is initialised); ``allocation="owl"`` here
+  is htsr's OWL allocation passed as a per-layer list.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from htsr.pruning import allocation as A
+from htsr.pruning.backends import require
+from htsr.pruning.errors import PruningError
+from htsr.pruning.models import (
+    ALLOCATIONS,
+    PruneReport,
+    _check_calibration,
+    _dense_pass,
+    allocate,
+    find_layout,
+    weight_2d,
+)
+from htsr.pruning.pruners import NM, LayerStats, check_nm
+
+#: htsr pruner name -> llmcompressor modifier class (in ``llmcompressor.modifiers.pruning``)
+MODIFIERS = {"wanda": "WandaPruningModifier", "sparsegpt": "SparseGPTModifier"}
+#: model classes that llmcompressor 0.14.0.1 (with transformers 5.17) runs but calibrates wrongly, and why.
+#: Checked against htsr's pruner: LLaMA, Qwen2, OPT, GPT-NeoX and BERT give identical Wanda masks.
+MISCALIBRATED = {
+    "MistralForCausalLM": "its sequential pipeline runs Mistral's attention without the causal mask (the layer "
+                          "inputs it calibrates on equal full, non-causal attention; checked on a random "
+                          "Mistral config, and without a sliding window too)",
+}
+
+
+class _TokenizedCalibration:
+    """Stands for the processor that ``oneshot`` insists on whenever a dataset is given.
+
+    The calibration data is a ``DataLoader`` of token ids, which llmcompressor uses as is: it never calls
+    the processor then (it would only save it, and no ``output_dir`` is given).
+    """
+
+
+def check_pruner(pruner: str) -> str:
+    """The llmcompressor modifier's class name for an htsr pruner name, or a :class:`PruningError`."""
+    if pruner == "magnitude":
+        raise PruningError("the llmcompressor backend has no one-shot magnitude pruner (llmcompressor's "
+                           "MagnitudePruningModifier is a training-time modifier that prunes nothing in oneshot); "
+                           "use --backend htsr for magnitude, or pruner wanda / sparsegpt")
+    if pruner not in MODIFIERS:
+        raise PruningError(f"unknown pruner {pruner!r}; the llmcompressor backend offers {', '.join(MODIFIERS)}")
+    return MODIFIERS[pruner]
+
+
+def check_supported(model: nn.Module, pruner: str, force: bool = False) -> tuple[Any, str]:
+    """Refuse, before any weight changes, what this backend cannot prune; return (layout, block class name).
+
+    Refused: other pruners than wanda/sparsegpt, models that are not ``PreTrainedModel``, prunable layers that
+    are not ``nn.Linear`` (GPT-2's Conv1D: llmcompressor would skip them silently), mixed block classes, and
+    the classes in :data:`MISCALIBRATED` (unless ``force``).
+    """
+    check_pruner(pruner)
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        raise PruningError(f"llmcompressor prunes Hugging Face models (PreTrainedModel); got {type(model).__name__}")
+    layout = find_layout(model)
+    other = [(n, type(m).__name__) for n, m in zip(layout.names, layout.modules(), strict=True)
+             if not isinstance(m, nn.Linear)]
+    if other:
+        raise PruningError(f"llmcompressor does not support {type(model).__name__}: its Wanda/SparseGPT modifiers "
+                           f"prune torch.nn.Linear layers only, and {other[0][0]} is a {other[0][1]} "
+                           f"({len(other)} such layers); use --backend htsr")
+    if type(model).__name__ in MISCALIBRATED and not force:
+        raise PruningError(f"llmcompressor does not support {type(model).__name__}: "
+                           f"{MISCALIBRATED[type(model).__name__]}; use --backend htsr (or force=True)")
+    classes = {type(b).__name__ for b in layout.blocks}
+    if len(classes) != 1:
+        raise PruningError(f"the blocks of {layout.blocks_path} have several classes ({sorted(classes)}); the "
+                           "llmcompressor backend needs one block class to trace the model block by block")
+    return layout, classes.pop()
+
+
+def _targets(model: nn.Module, layout: Any, sparsity: float | None, allocation: str, epsilon: float,
+             calibration_ids: Any, nm: NM | None, alloc_kw: dict, needs_data: bool) -> tuple:
+    """Validate like ``prune_model`` and allocate: (sparsity, nm, targets, metric used, imputed, ids)."""
+    if allocation not in ALLOCATIONS:
+        raise PruningError(f"unknown allocation {allocation!r}; expected one of {', '.join(ALLOCATIONS)}")
+    if alloc_kw["mapping"] not in ("block", "matrix"):
+        raise PruningError(f"unknown mapping {alloc_kw['mapping']!r}; expected 'block' or 'matrix'")
+    nm = check_nm(nm)
+    if nm is not None:
+        if allocation != "uniform":
+            raise PruningError("an N:M pattern fixes every layer's sparsity at 1 - N/M: use allocation='uniform'")
+        if sparsity is not None and abs(float(sparsity) - (1.0 - nm[0] / nm[1])) > 1e-12:
+            raise PruningError(f"sparsity {sparsity} contradicts the {nm[0]}:{nm[1]} pattern (1 - N/M = "
+                               f"{1.0 - nm[0] / nm[1]}); leave sparsity out")
+        sparsity = 1.0 - nm[0] / nm[1]
+        for name, mod in zip(layout.names, layout.modules(), strict=True):
+            if weight_2d(mod).shape[1] % nm[1]:
+                raise PruningError(f"{name}: input dimension {weight_2d(mod).shape[1]} is not a multiple of {nm[1]}")
+    sparsity = A.check_sparsity(sparsity)
+    ids = _check_calibration(model, calibration_ids) if needs_data else None
+    if allocation == "owl":
+        stats = {n: LayerStats(weight_2d(m).shape[1], device=m.weight.device)
+                 for n, m in zip(layout.names, layout.modules(), strict=True)}
+        was_training = model.training
+        model.eval()
+        try:
+            _dense_pass(model, layout, ids, stats)
+        finally:
+            model.train(was_training)
+        targets, used, imputed = allocate(model, layout, sparsity, allocation, epsilon, owl_stats=stats, **alloc_kw)
+    else:
+        targets, used, imputed = allocate(model, layout, sparsity, allocation, epsilon, **alloc_kw)
+    return sparsity, nm, targets, used, imputed, ids
+
+
+@contextlib.contextmanager
+def _quiet(verbose: bool) -> Iterator[None]:
+    """Mute llmcompressor's loguru messages for the duration of the call (unless ``verbose``), then restore."""
+    if verbose:
+        yield
+        return
+    from loguru import logger
+
+    logger.disable("llmcompressor")
+    try:
+        yield
+    finally:
+        logger.enable("llmcompressor")
+
+
+@contextlib.contextmanager
+def _config_on_disk(model: nn.Module) -> Iterator[None]:
+    """``oneshot`` re-reads ``config.json`` from ``model.config.name_or_path``; give an in-memory model a temporary
+    one (removed afterwards, ``name_or_path`` restored)."""
+    cfg = model.config
+    if cfg.name_or_path:
+        yield
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="htsr-llmc-") as d:
+        cfg.to_json_file(str(Path(d) / "config.json"))
+        cfg.name_or_path = d
+        try:
+            yield
+        finally:
+            cfg.name_or_path = ""
+
+
+def _zero_counts(layout: Any) -> list[int]:
+    return [int((weight_2d(m) == 0).sum()) for m in layout.modules()]
+
+
+def prune_with_llmcompressor(
+    model: nn.Module,
+    sparsity: float | None,
+    pruner: str = "wanda",
+    allocation: str = "alpha",
+    epsilon: float = 0.3,
+    calibration_ids: torch.Tensor | None = None,
+    *,
+    nm: NM | None = None,
+    metric: str = "alpha_peak",
+    metrics: Any = None,
+    mapping: str = "block",
+    max_ratio: float | None = None,
+    owl_lambda: float = A.OWL_LAMBDA,
+    owl_m: float = A.OWL_M,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    processor: Any = None,
+    verbose: bool = False,
+    force: bool = False,
+) -> PruneReport:
+    """Prune ``model`` in place with llmcompressor's modifier and htsr's per-layer allocation.
+
+    Arguments as :func:`htsr.pruning.models.prune_model` (pruner: wanda | sparsegpt); ``processor`` is
+    handed to ``oneshot`` (the model's tokenizer, optional); ``verbose`` keeps llmcompressor's log lines;
+    ``force`` runs a model class listed in :data:`MISCALIBRATED` anyway.
+    Raises :class:`~htsr.pruning.backends.MissingExtraError` when llmcompressor is not installed, and a
+    :class:`~htsr.pruning.PruningError` for an unsupported model or bad input, before any weight changes.
+    Afterwards the model carries what ``oneshot`` leaves on it: llmcompressor's ``save_pretrained`` wrapper
+    (which also writes ``recipe.yaml``, the modifier with its per-layer list) and compressed-tensors' offloading
+    bookkeeping; forward passes and saving work as usual.
+    """
+    t0 = time.perf_counter()
+    llmc = require("llmcompressor")
+    layout, block_class = check_supported(model, pruner, force)
+    alloc_kw = dict(metric=metric, metrics=metrics, mapping=mapping, max_ratio=max_ratio, owl_lambda=owl_lambda,
+                    owl_m=owl_m)
+    sparsity, nm, targets, used, imputed, ids = _targets(model, layout, sparsity, allocation, epsilon,
+                                                         calibration_ids, nm, alloc_kw, needs_data=True)
+    import llmcompressor.modifiers.pruning as P
+    from torch.utils.data import DataLoader
+
+    kw: dict[str, Any] = {"sparsity": [float(s) for s in targets], "targets": list(layout.names),
+                          "mask_structure": "0:0" if nm is None else f"{nm[1] - nm[0]}:{nm[1]}"}
+    if pruner == "sparsegpt":
+        kw.update(block_size=int(blocksize), dampening_frac=float(percdamp))
+    modifier = getattr(P, MODIFIERS[pruner])(**kw)
+    dev = next(model.parameters()).device
+    data = DataLoader([{"input_ids": x, "attention_mask": torch.ones_like(x)} for x in ids.to(dev)], batch_size=1,
+                      shuffle=False)
+    proc = processor if processor is not None else _TokenizedCalibration()
+    before = _zero_counts(layout)
+    was_training = model.training
+    model.eval()
+    try:
+        with _quiet(verbose), _config_on_disk(model):
+            llmc.oneshot(model=model, dataset=data, recipe=modifier, processor=proc, pipeline="sequential",
+                         sequential_targets=[block_class], output_dir=None, log_dir=None)
+    except Exception as e:
+        changed = _zero_counts(layout) != before
+        state = ("the model is partly pruned: reload it" if changed else "no weights were changed")
+        raise PruningError(f"llmcompressor could not prune {type(model).__name__} ({type(e).__name__}: {e}); "
+                           f"{state}") from e
+    finally:
+        model.train(was_training)
+    rows = []
+    total = pruned = 0.0
+    for i, (name, mod) in enumerate(zip(layout.names, layout.modules(), strict=True)):
+        w = weight_2d(mod)
+        z = int((w == 0).sum())
+        total += w.numel()
+        pruned += z
+        rows.append({"name": name, "block": int(layout.block_ids[i]), "shape": list(w.shape), "params": w.numel(),
+                     "target_sparsity": float(targets[i]), "achieved_sparsity": z / w.numel(),
+                     "metric": None if used is None else float(used[i])})
+    if pruned == sum(before) and any(int(r["shape"][1] * r["target_sparsity"]) > 0 for r in rows):
+        raise PruningError("llmcompressor ran but pruned no weight (its modifier matched none of the layers)")
+    settings = {"backend": "llmcompressor", "llmcompressor_version": getattr(llmc, "__version__", None),
+                "modifier": MODIFIERS[pruner], "pruner": pruner, "allocation": allocation, "epsilon": float(epsilon),
+                "nm": list(nm) if nm else None,
+                "metric": metric if allocation == "alpha" else ("outlier_ratio" if allocation == "owl" else None),
+                "metrics_given": metrics is not None, "mapping": mapping, "max_ratio": max_ratio,
+                "owl_lambda": owl_lambda, "owl_m": owl_m, "blocksize": blocksize, "percdamp": percdamp,
+                "nsamples": int(ids.shape[0]), "seqlen": int(ids.shape[1]), "blocks_path": layout.blocks_path,
+                "model_class": type(model).__name__}
+    return PruneReport(rows, sparsity, pruned / total, settings, imputed, time.perf_counter() - t0)
+
+
+def available() -> bool:
+    """Whether llmcompressor can be imported (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("llmcompressor") is not None
+
+
+def modifier_recipe(report: PruneReport) -> dict:
+    """The llmcompressor recipe equivalent to a report's allocation (for users who run ``oneshot`` themselves).
+
+    ``{"<Modifier>": {"sparsity": [...], "targets": [...], "mask_structure": ...}}``, in layout order.
+    """
+    pruner = report.settings.get("pruner")
+    if pruner not in MODIFIERS:
+        raise PruningError(f"llmcompressor has no one-shot modifier for pruner {pruner!r}")
+    nm = report.settings.get("nm")
+    kw: dict[str, Any] = {"sparsity": [float(r["target_sparsity"]) for r in report.layers],
+                          "targets": [r["name"] for r in report.layers],
+                          "mask_structure": "0:0" if not nm else f"{nm[1] - nm[0]}:{nm[1]}"}
+    if pruner == "sparsegpt":
+        kw.update(block_size=int(report.settings.get("blocksize", 128)),
+                  dampening_frac=float(report.settings.get("percdamp", 0.01)))
+    return {MODIFIERS[pruner]: kw}
+
+
+__all__ = ["MODIFIERS", "available", "check_pruner", "check_supported", "modifier_recipe", "prune_with_llmcompressor"]
