@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "prune",
     "diagnose",
     "landscape",
+    "theory",
 )
 
 
