@@ -1,5 +1,6 @@
-"""``htsr landscape hessian|surface|connect``: curvature, loss surfaces and mode connectivity of a small built-in
-recipe (a CNN with BatchNorm trained briefly on scikit-learn's digits, offline) or of a user's safetensors
+"""``htsr landscape hessian|surface|connect|cka|sharpness``: curvature, loss surfaces, mode connectivity,
+representation similarity (CKA) and worst-case sharpness of a small built-in recipe (a CNN with BatchNorm
+trained briefly on scikit-learn's digits, offline) or of a user's safetensors
 weights for that recipe.
 
 Exit codes: 0 success, 1 the analysis failed (non-finite loss on a path), 2 bad usage or input.
@@ -91,7 +92,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any) -> None:
-    """Add ``landscape`` with sub-commands ``hessian``, ``surface`` and ``connect``."""
+    """Add ``landscape`` with sub-commands ``hessian``, ``surface``, ``connect``, ``cka`` and ``sharpness``."""
     top = subparsers.add_parser("landscape", help="Hessian spectra, loss surfaces and mode connectivity",
                                 description="Loss-landscape measurements on the built-in digits CNN recipe "
                                             "(or your safetensors weights for it).")
@@ -127,6 +128,56 @@ def register(subparsers: Any) -> None:
     c.add_argument("--points", type=int, default=5, help="evaluated t values (default 5: 0, .25, .5, .75, 1)")
     _common(c)
     c.set_defaults(func=cmd_connect)
+
+    k = sub.add_parser("cka", help="linear CKA between layers of two recipe models (seeds SEED and SEED+1)",
+                       description="Linear CKA (Kornblith et al.) between the named layers (default: the outputs) of "
+                                   "two recipe models on training samples.")
+    k.add_argument("--weights", nargs=2, default=None, metavar=("A", "B"),
+                   help="two safetensors files (default: train the recipe with seeds SEED and SEED+1)")
+    k.add_argument("--layers", default=None, metavar="NAMES",
+                   help="comma-separated module names (e.g. 1,4,8; 'output' for the logits; default: output)")
+    k.add_argument("--estimator", choices=["minibatch", "biased", "debiased"], default="biased",
+                   help="biased (default), debiased, or minibatch (Nguyen et al.) linear CKA")
+    k.add_argument("--softmax", action="store_true",
+                   help="softmax of the outputs before comparing (MD tree / TAX convention; hidden layers as they are)")
+    _common(k)
+    k.set_defaults(func=cmd_cka)
+
+    sh = sub.add_parser("sharpness", help="worst-case (adaptive) sharpness of a recipe model",
+                        description="Worst-case loss increase within an (adaptive) rho-ball, found by Auto-PGD "
+                                    "(Andriushchenko et al.; SharpBalance's measure), per norm and radius.")
+    sh.add_argument("--weights", default=None, help="safetensors weights of the recipe CNN (default: train it)")
+    sh.add_argument("--rho", type=_floats, default=[0.5], metavar="R,R", help="radii (default 0.5)")
+    sh.add_argument("--norm", type=_norms, default=[2], metavar="P,P", help="norms: 2 and/or inf (default 2)")
+    sh.add_argument("--no-adaptive", action="store_true", help="plain (not weight-scaled) perturbations")
+    sh.add_argument("--iters", type=int, default=20, help="Auto-PGD iterations per batch (default 20)")
+    sh.add_argument("--batch-size", type=int, default=100, help="samples per batch (default 100)")
+    _common(sh)
+    sh.set_defaults(func=cmd_sharpness)
+
+
+def _floats(s: str) -> list[float]:
+    try:
+        out = [float(v) for v in s.split(",") if v.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from e
+    if not out:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return out
+
+
+def _norms(s: str) -> list[int | str]:
+    out: list[int | str] = []
+    for v in (v.strip() for v in s.split(",") if v.strip()):
+        if v == "2":
+            out.append(2)
+        elif v.lower() in ("inf", "linf"):
+            out.append("inf")
+        else:
+            raise argparse.ArgumentTypeError(f"norms are 2 or inf, got {v!r}")
+    if not out:
+        raise argparse.ArgumentTypeError("expected at least one norm")
+    return out
 
 
 def _check_common(args: argparse.Namespace) -> str | None:
@@ -269,6 +320,86 @@ def cmd_connect(args: argparse.Namespace) -> int:
             from htsr.landscape.plots import plot_path
 
             plot_path(results, Path(args.plot) / "mode_connectivity.png")
+    except (OSError, ValueError) as e:
+        return _err(f"cannot write output: {e}")
+    return 0
+
+
+def cmd_cka(args: argparse.Namespace) -> int:
+    """Run ``htsr landscape cka``."""
+    from htsr.errors import HtsrError
+    from htsr.io import write_json, write_table
+    from htsr.landscape.cka import compare_models
+
+    msg = _check_common(args)
+    if msg:
+        return _err(msg)
+    if args.estimator == "minibatch" and args.samples < 4:
+        return _err("--estimator minibatch needs --samples >= 4")
+    layers = None
+    if args.layers:
+        layers = [None if n.strip() in ("output", "") else n.strip() for n in args.layers.split(",")]
+    try:
+        ws = args.weights or [None, None]
+        a = recipe_model(args.seed, args.epochs, ws[0])
+        b = recipe_model(args.seed + 1, args.epochs, ws[1])
+        x, y, _, _ = digits_data()
+        data = [(x[i: min(i + 100, args.samples)], y[i: min(i + 100, args.samples)])
+                for i in range(0, args.samples, 100)]
+        if args.estimator == "minibatch":
+            data = [d for d in data if d[0].shape[0] >= 4]
+        soft = (lambda name, t: t.softmax(dim=-1) if name == "<output>" else t) if args.softmax else None
+        table = compare_models(a, b, data, layers_a=layers, estimator=args.estimator, feature_fn=soft,
+                               progress=False)
+    except (HtsrError, ValueError, OSError) as e:
+        return _err(str(e))
+    print(f"linear CKA ({args.estimator}{', softmax outputs' if args.softmax else ''}) between seeds {args.seed} "
+          f"and {args.seed + 1} on {table.attrs.get('n_samples', args.samples)} samples:")
+    print(table.round(4).to_string())
+    try:
+        if args.out:
+            if args.out.endswith(".csv"):
+                write_table(args.out, table.rename_axis("layer_a").reset_index())
+            else:
+                write_json(args.out, {"estimator": args.estimator, "softmax": args.softmax, "seed": args.seed,
+                                      "cka": {str(r): {str(c): float(v) for c, v in row.items()}
+                                              for r, row in table.iterrows()},
+                                      "attrs": {k: v for k, v in table.attrs.items()
+                                                if isinstance(v, (int, float, str))}})
+    except (OSError, ValueError) as e:
+        return _err(f"cannot write output: {e}")
+    return 0
+
+
+def cmd_sharpness(args: argparse.Namespace) -> int:
+    """Run ``htsr landscape sharpness``."""
+    from htsr.errors import HtsrError
+    from htsr.io import write_json, write_table
+    from htsr.landscape.sharpness import sharpness_table
+
+    msg = _check_common(args)
+    if msg:
+        return _err(msg)
+    if args.iters < 1 or args.batch_size < 1 or any(not r > 0 for r in args.rho):
+        return _err("--iters and --batch-size must be >= 1 and every --rho > 0")
+    try:
+        model = recipe_model(args.seed, args.epochs, args.weights)
+        x, y, _, _ = digits_data()
+        data = [(x[i: min(i + args.batch_size, args.samples)], y[i: min(i + args.batch_size, args.samples)])
+                for i in range(0, args.samples, args.batch_size)]
+        table = sharpness_table(model, data, rhos=args.rho, ps=args.norm, adaptive=not args.no_adaptive,
+                                n_iters=args.iters, seed=args.seed, progress=False)
+    except (HtsrError, ValueError, OSError) as e:
+        return _err(str(e))
+    print(f"worst-case {'plain' if args.no_adaptive else 'adaptive'} sharpness on {args.samples} samples "
+          f"({len(data)} batches, {args.iters} Auto-PGD iterations):")
+    print(table.round(5).to_string(index=False))
+    try:
+        if args.out:
+            if args.out.endswith(".csv"):
+                write_table(args.out, table)
+            else:
+                write_json(args.out, {"seed": args.seed, "rows": table.to_dict(orient="records")})
     except (OSError, ValueError) as e:
         return _err(f"cannot write output: {e}")
     return 0
