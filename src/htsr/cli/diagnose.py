@@ -1,9 +1,12 @@
-"""``htsr mdtree``: reproduce the MD tree table, label a population, fit and apply an MD tree.
+"""``htsr mdtree``: reproduce the MD tree table, label a population, fit and apply an MD tree, and run the
+whole pipeline on a model family of one's own.
 
 Sub-commands: ``reproduce`` (Table B of the paper on the shared population), ``label`` (room for
-improvement labels of a population CSV), ``fit`` (an MD tree on a labelled CSV, saved as JSON) and
-``predict`` (a saved tree on a CSV). Exit codes: 0 success, 1 a reproduced number outside its tolerance
-(``reproduce --check``), 2 bad usage or input. Input files are never modified.
+improvement labels of a population CSV), ``fit`` (an MD tree on a labelled CSV, saved as JSON),
+``predict`` (a saved tree on a CSV), ``population`` (train and measure a small population of the digits
+CNN family; resumable) and ``diagnose`` (advice for two models of a new configuration, from a population).
+Exit codes: 0 success, 1 a reproduced number outside its tolerance (``reproduce --check``) or failed
+population configurations, 2 bad usage or input. Input files are never modified.
 """
 
 from __future__ import annotations
@@ -27,6 +30,15 @@ def _int_list(s: str) -> list[int]:
 
 # ``htsr.diagnosis.mdtree.TASKS`` (kept here so building the parser does not import scikit-learn).
 TASK_NAMES = ("data", "temperature", "temperature-cka", "width")
+# ``htsr.diagnosis.pipeline.GRIDS`` (same reason).
+GRID_NAMES = ("small", "tiny")
+
+
+def _float_list(s: str) -> list[float]:
+    try:
+        return [float(x) for x in _csv_list(s)]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from e
 
 
 def _bounds(s: str) -> list[tuple[float, float]]:
@@ -103,6 +115,39 @@ def register(subparsers: Any) -> None:
     q.add_argument("--out", default=None, metavar="FILE",
                    help="the input table plus 'prediction' and 'leaf' columns (.csv or .parquet)")
     q.set_defaults(func=cmd_predict)
+
+    pop = sub.add_parser("population", help="train and measure a small population of your own (resumable)",
+                         description="Train the digits CNN family over a grid of widths x batch sizes x data "
+                                     "fractions x seeds with the shared training loop, measure each configuration "
+                                     "(train error, Bezier connectivity peak between seeds, ln Hessian trace, CKA) "
+                                     "and store one row per configuration in --out. Rerunning resumes: finished "
+                                     "configurations are not retrained.")
+    pop.add_argument("--out", required=True, metavar="DIR", help="population folder (created; resumed if present)")
+    pop.add_argument("--grid", choices=GRID_NAMES, default="small",
+                     help="small (3 widths x 3 batch sizes x 2 fractions x 2 seeds, default) or tiny (smoke test)")
+    pop.add_argument("--widths", type=_int_list, default=None, metavar="W,W", help="override the grid's widths")
+    pop.add_argument("--batch-sizes", type=_int_list, default=None, metavar="B,B", help="override the batch sizes")
+    pop.add_argument("--data", type=_float_list, default=None, metavar="F,F",
+                     help="override the training-data fractions (in (0, 1])")
+    pop.add_argument("--epochs", type=int, default=None, help="override the training epochs")
+    pop.add_argument("--max-configs", type=int, default=None, metavar="N",
+                     help="train at most N new configurations, then stop (rerun to continue)")
+    pop.add_argument("--no-models", action="store_true", help="do not keep the trained models' weights")
+    pop.set_defaults(func=cmd_population)
+
+    dg = sub.add_parser("diagnose", help="say what to change for a new configuration of the population's family",
+                        description="Measure two models trained the same way (different seeds) like the "
+                                    "population, apply the MD trees fitted on the population, and print advice "
+                                    "such as 'batch size too large: lower it'.")
+    dg.add_argument("weights", nargs="+", metavar="WEIGHTS",
+                    help="two (or more) checkpoint folders or .safetensors files of the family, one per seed")
+    dg.add_argument("--population", required=True, metavar="DIR", help="folder written by `htsr mdtree population`")
+    dg.add_argument("--data", type=float, default=1.0,
+                    help="fraction of the training data the models were trained on (default 1.0)")
+    dg.add_argument("--bounds", choices=["auto", "paper"], default="auto",
+                    help="threshold search bounds: the population's observed ranges (default) or the paper's units")
+    dg.add_argument("--out", default=None, metavar="FILE.json", help="also write features, predictions and advice")
+    dg.set_defaults(func=cmd_diagnose)
 
 
 def _err(msg: str) -> int:
@@ -256,4 +301,61 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"accuracy on {len(scored)} labelled configurations ({label}): {100 * acc:.2f}%")
     elif args.label:
         return _err(f"label column {args.label!r} not in {args.csv}")
+    return 0
+
+
+def cmd_population(args: argparse.Namespace) -> int:
+    """Run ``htsr mdtree population``."""
+    import time
+    from dataclasses import replace
+
+    from htsr.diagnosis.pipeline import GRIDS, build_population
+    from htsr.errors import HtsrError
+
+    changes = {k: tuple(v) if isinstance(v, list) else v for k, v in
+               (("widths", args.widths), ("batch_sizes", args.batch_sizes), ("data_fractions", args.data),
+                ("epochs", args.epochs)) if v is not None}
+    t0 = time.perf_counter()
+    try:
+        config = replace(GRIDS[args.grid], **changes)
+        frame = build_population(config, args.out, max_new=args.max_configs, save_models=not args.no_models)
+    except (HtsrError, ValueError, OSError) as e:
+        return _err(str(e))
+    a = frame.attrs
+    print(f"{len(frame)}/{config.n_configs} configurations finished ({a['n_trained']} trained now, "
+          f"{a['n_resumed']} resumed) in {time.perf_counter() - t0:.1f} s; population in {args.out}")
+    if len(frame):
+        cols = [c for c in ("width", "bs", "data", "test_acc", "train_error", "mode_connectivity_peak", "hessian_t",
+                            "CKA") if c in frame]
+        print(frame[cols].round(3).to_string(index=False))
+    for f in a["failed"]:
+        print(f"htsr: failed: {f}", file=sys.stderr)
+    if a["n_missing"] and not a["failed"]:
+        print(f"{a['n_missing']} configuration(s) left: rerun the same command to continue", file=sys.stderr)
+    return 1 if a["failed"] else 0
+
+
+def cmd_diagnose(args: argparse.Namespace) -> int:
+    """Run ``htsr mdtree diagnose``."""
+    from htsr.diagnosis.pipeline import diagnose, fit_diagnoser, load_population_dir
+    from htsr.errors import HtsrError
+    from htsr.io import write_json
+
+    if not 0 < args.data <= 1:
+        return _err(f"--data must be in (0, 1], got {args.data}")
+    try:
+        frame, config = load_population_dir(args.population)
+        diag = fit_diagnoser(frame, bounds=args.bounds)
+        result = diagnose(args.weights, diagnoser=diag, config=config, data=args.data)
+    except (HtsrError, ValueError, OSError) as e:
+        return _err(str(e))
+    for task, tree in diag.trees.items():
+        print(f"{task} tree fitted on {diag.n_train[task]} configurations: training accuracy "
+              f"{100 * tree.train_accuracy_:.1f}%")
+    print(str(result), end="")
+    if args.out:
+        try:
+            print(f"wrote {write_json(args.out, result.to_dict())}", file=sys.stderr)
+        except (OSError, ValueError) as e:
+            return _err(f"cannot write {args.out}: {e}")
     return 0

@@ -23,11 +23,12 @@ TABLE_COLUMNS = ("name", "kind", "N", "M", "num_evals", "status", "alpha", "xmin
 
 # Each method's sub-commands live in ``htsr/cli/<name>.py`` with a ``register(subparsers)`` function.
 COMMAND_MODULES: tuple[str, ...] = (
+    "tempbalance",
     "prune",
     "diagnose",
-    "landscape",
     "theory",
     "memorization",
+    "landscape",
 )
 
 

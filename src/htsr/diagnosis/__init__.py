@@ -11,6 +11,8 @@ from __future__ import annotations
 from htsr.diagnosis.errors import DiagnosisError
 
 _WHERE = {
+    "PopulationConfig": "pipeline", "GRIDS": "pipeline", "build_population": "pipeline", "fit_diagnoser": "pipeline",
+    "diagnose": "pipeline", "Diagnoser": "pipeline", "Diagnosis": "pipeline", "load_population_dir": "pipeline",
     "MDTreeClassifier": "mdtree", "MDTreeTemperature": "mdtree", "MDTreeTemperatureCKA": "mdtree",
     "MDTreeWidthBatch": "mdtree", "MDTreeDataBatch": "mdtree", "FeatureTreeClassifier": "mdtree",
     "validation_tree": "mdtree", "hyperparameter_tree": "mdtree", "landscape_tree": "mdtree",

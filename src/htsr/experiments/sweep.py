@@ -1,0 +1,113 @@
+"""Run a grid of cells through an executor into a :class:`~htsr.experiments.store.ResultStore`.
+
+A cell function takes the cell's parameters as keyword arguments and returns ``(metrics, details)``: a flat
+dict of numbers/strings for the table and a JSON-able dict (or None) for the side file. Executors share one
+interface, ``map(fn, cells)`` yielding ``(cell, result_or_exception)`` as cells finish; ``LocalExecutor`` is the
+embedded serial one (a Ray executor can implement the same method).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from htsr.errors import ConfigError
+from htsr.experiments.store import ResultStore, cell_key
+
+log = logging.getLogger(__name__)
+
+CellFn = Callable[..., tuple[Mapping[str, Any], Mapping[str, Any] | None]]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of a sweep: its parameters and its store key."""
+
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return cell_key(self.params)
+
+
+def grid(**axes: Sequence[Any]) -> list[Cell]:
+    """The Cartesian product of the axes, in the order given (last axis fastest)."""
+    for k, v in axes.items():
+        if isinstance(v, str) or not isinstance(v, Sequence) or not len(v):
+            raise ConfigError(f"grid axis {k!r} must be a non-empty list, got {v!r}")
+    names = list(axes)
+    return [Cell(dict(zip(names, combo, strict=True))) for combo in itertools.product(*axes.values())]
+
+
+class LocalExecutor:
+    """Runs cells one after another in this process; an exception becomes that cell's result."""
+
+    def map(self, fn: CellFn, cells: Iterable[Cell]) -> Iterator[tuple[Cell, Any]]:
+        for cell in cells:
+            try:
+                yield cell, fn(**cell.params)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # one failed cell never kills the sweep
+                log.error("cell %s failed: %s", cell.key, e)
+                yield cell, e
+
+
+def run_sweep(fn: CellFn, cells: Sequence[Cell], store: ResultStore, *, executor: Any = None,
+              extra: Mapping[str, Any] | None = None, progress: bool | None = None) -> pd.DataFrame:
+    """Run every cell not already done in ``store`` and record each as it finishes; returns the store's table.
+
+    ``extra``: constant columns added to each row (e.g. ``config_id``) and to the key, so a changed
+    configuration does not resume from old rows.
+    """
+    executor = executor or LocalExecutor()
+    extra = dict(extra or {})
+    todo = [c for c in cells if not store.done(cell_key({**c.params, **extra}))]
+    log.info("sweep: %d cell(s), %d already done, %d to run", len(cells), len(cells) - len(todo), len(todo))
+    show = progress if progress is not None else bool(getattr(sys.stderr, "isatty", lambda: False)())
+    bar = None
+    if show:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(todo), desc="sweep", unit="cell", file=sys.stderr)
+    t_last = time.perf_counter()
+    try:
+        for cell, result in executor.map(fn, todo):
+            params = {**cell.params, **extra}
+            key = cell_key(params)
+            wall = time.perf_counter() - t_last
+            t_last = time.perf_counter()
+            if isinstance(result, BaseException):
+                tb = "".join(traceback.format_exception(result))
+                store.add(key, params, {"status": "error", "error": f"{type(result).__name__}: {result}",
+                                        "wall_s": wall}, {"traceback": tb})
+            else:
+                metrics, details = result
+                store.add(key, params, {**metrics, "status": "ok", "wall_s": wall}, details)
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return store.table()
+
+
+def summarize(table: pd.DataFrame, metric: str, by: Sequence[str] = ("recipe", "method", "fraction")
+              ) -> pd.DataFrame:
+    """Mean, standard deviation (ddof=1), min, max and count of ``metric`` over successful rows per group."""
+    if table.empty or metric not in table.columns:
+        raise ConfigError(f"no column {metric!r} in the results (columns: {list(table.columns)})")
+    ok = table[table["status"] == "ok"] if "status" in table.columns else table
+    g = ok.groupby(list(by))[metric]
+    out = g.agg(mean="mean", std=lambda s: float(np.std(s, ddof=1)) if len(s) > 1 else float("nan"),
+                min="min", max="max", n="count").reset_index()
+    return out
