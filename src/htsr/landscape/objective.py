@@ -51,6 +51,7 @@ import torch
 from torch import nn
 
 from htsr.errors import HtsrError
+from htsr.training.loop import batch_size  # noqa: F401  (re-exported: one implementation)
 
 __all__ = ["LandscapeError", "Objective", "LossFn", "is_batch", "batch_size", "default_loss", "select_parameters",
            "reestimate_bn", "check_same_architecture", "has_batchnorm"]
@@ -81,20 +82,6 @@ def is_batch(data: Any) -> bool:
     if isinstance(data, tuple | list) and data:
         return isinstance(data[0], torch.Tensor)
     return False
-
-
-def batch_size(batch: Any) -> int:
-    """Number of samples in a batch: the leading dimension of its first tensor (1 when there is none)."""
-    if isinstance(batch, torch.Tensor):
-        return int(batch.shape[0]) if batch.ndim else 1
-    if isinstance(batch, Mapping):
-        for v in batch.values():
-            if isinstance(v, torch.Tensor) and v.ndim:
-                return int(v.shape[0])
-        return 1
-    if isinstance(batch, tuple | list) and batch:
-        return batch_size(batch[0])
-    return 1
 
 
 def _tensors(batch: Any) -> Iterator[torch.Tensor]:

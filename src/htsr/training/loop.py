@@ -125,7 +125,7 @@ def evaluate(model: nn.Module, data: Iterable[Any], loss_fn: LossFn | None = Non
     try:
         for batch in data:
             batch = _to_device(batch, device)
-            bs = _batch_size(batch)
+            bs = batch_size(batch)
             total += float(loss_fn(model, batch)) * bs
             n += bs
             if isinstance(batch, tuple | list) and len(batch) == 2 and not batch[1].is_floating_point():
@@ -142,7 +142,8 @@ def evaluate(model: nn.Module, data: Iterable[Any], loss_fn: LossFn | None = Non
     return out
 
 
-def _batch_size(batch: Any) -> int:
+def batch_size(batch: Any) -> int:
+    """Number of samples in a batch: the leading dimension of its first tensor (1 when there is none)."""
     if isinstance(batch, torch.Tensor):
         return int(batch.shape[0]) if batch.ndim else 1
     if isinstance(batch, Mapping):
@@ -151,7 +152,7 @@ def _batch_size(batch: Any) -> int:
                 return int(v.shape[0])
         return 1
     if isinstance(batch, tuple | list) and batch:
-        return _batch_size(batch[0])
+        return batch_size(batch[0])
     return 1
 
 
@@ -270,7 +271,7 @@ def train(
                 if scheduler is not None and scheduler_interval == "step":
                     scheduler.step()
                 state.step += 1
-                bs = _batch_size(batch)
+                bs = batch_size(batch)
                 state.last_loss = float(loss.detach())
                 loss_sum += state.last_loss * bs
                 n_seen += bs
