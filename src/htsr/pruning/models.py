@@ -296,6 +296,31 @@ def allocate(model: nn.Module, layout: Layout, sparsity: float, allocation: str,
     raise PruningError(f"unknown allocation {allocation!r}; expected one of {', '.join(ALLOCATIONS)}")
 
 
+def check_settings(layout: Layout, sparsity: float | None, allocation: str, mapping: str,
+                   nm: NM | None) -> tuple[float, NM | None]:
+    """Validate the allocation settings against the layout (shared by every backend); returns (sparsity, nm).
+
+    An N:M pattern fixes every layer at 1 - N/M (uniform allocation only) and needs input dimensions
+    divisible by M.
+    """
+    if allocation not in ALLOCATIONS:
+        raise PruningError(f"unknown allocation {allocation!r}; expected one of {', '.join(ALLOCATIONS)}")
+    if mapping not in ("block", "matrix"):
+        raise PruningError(f"unknown mapping {mapping!r}; expected 'block' or 'matrix'")
+    nm = check_nm(nm)
+    if nm is not None:
+        if allocation != "uniform":
+            raise PruningError("an N:M pattern fixes every layer's sparsity at 1 - N/M: use allocation='uniform'")
+        if sparsity is not None and abs(float(sparsity) - (1.0 - nm[0] / nm[1])) > 1e-12:
+            raise PruningError(f"sparsity {sparsity} contradicts the {nm[0]}:{nm[1]} pattern (1 - N/M = "
+                               f"{1.0 - nm[0] / nm[1]}); leave sparsity out")
+        sparsity = 1.0 - nm[0] / nm[1]
+        for name, mod in zip(layout.names, layout.modules(), strict=True):
+            if weight_2d(mod).shape[1] % nm[1]:
+                raise PruningError(f"{name}: input dimension {weight_2d(mod).shape[1]} is not a multiple of {nm[1]}")
+    return A.check_sparsity(sparsity), nm
+
+
 def prune_model(
     model: nn.Module,
     sparsity: float | None,
@@ -333,24 +358,8 @@ def prune_model(
     t0 = time.perf_counter()
     if pruner not in PRUNERS:
         raise PruningError(f"unknown pruner {pruner!r}; expected one of {', '.join(PRUNERS)}")
-    if allocation not in ALLOCATIONS:
-        raise PruningError(f"unknown allocation {allocation!r}; expected one of {', '.join(ALLOCATIONS)}")
-    if mapping not in ("block", "matrix"):
-        raise PruningError(f"unknown mapping {mapping!r}; expected 'block' or 'matrix'")
-    nm = check_nm(nm)
-    if nm is not None:
-        if allocation != "uniform":
-            raise PruningError("an N:M pattern fixes every layer's sparsity at 1 - N/M: use allocation='uniform'")
-        if sparsity is not None and abs(float(sparsity) - (1.0 - nm[0] / nm[1])) > 1e-12:
-            raise PruningError(f"sparsity {sparsity} contradicts the {nm[0]}:{nm[1]} pattern (1 - N/M = "
-                               f"{1.0 - nm[0] / nm[1]}); leave sparsity out")
-        sparsity = 1.0 - nm[0] / nm[1]
-    sparsity = A.check_sparsity(sparsity)
     layout = find_layout(model)
-    if nm is not None:
-        for name, mod in zip(layout.names, layout.modules(), strict=True):
-            if weight_2d(mod).shape[1] % nm[1]:
-                raise PruningError(f"{name}: input dimension {weight_2d(mod).shape[1]} is not a multiple of {nm[1]}")
+    sparsity, nm = check_settings(layout, sparsity, allocation, mapping, nm)
     needs_data = pruner != "magnitude" or allocation == "owl"
     was_training = model.training
     model.eval()

@@ -37,15 +37,15 @@ from htsr.pruning import allocation as A
 from htsr.pruning.backends import require
 from htsr.pruning.errors import PruningError
 from htsr.pruning.models import (
-    ALLOCATIONS,
     PruneReport,
     _check_calibration,
     _dense_pass,
     allocate,
+    check_settings,
     find_layout,
     weight_2d,
 )
-from htsr.pruning.pruners import NM, LayerStats, check_nm
+from htsr.pruning.pruners import NM, LayerStats
 
 #: htsr pruner name -> llmcompressor modifier class (in ``llmcompressor.modifiers.pruning``)
 MODIFIERS = {"wanda": "WandaPruningModifier", "sparsegpt": "SparseGPTModifier"}
@@ -109,22 +109,7 @@ def check_supported(model: nn.Module, pruner: str, force: bool = False) -> tuple
 def _targets(model: nn.Module, layout: Any, sparsity: float | None, allocation: str, epsilon: float,
              calibration_ids: Any, nm: NM | None, alloc_kw: dict, needs_data: bool) -> tuple:
     """Validate like ``prune_model`` and allocate: (sparsity, nm, targets, metric used, imputed, ids)."""
-    if allocation not in ALLOCATIONS:
-        raise PruningError(f"unknown allocation {allocation!r}; expected one of {', '.join(ALLOCATIONS)}")
-    if alloc_kw["mapping"] not in ("block", "matrix"):
-        raise PruningError(f"unknown mapping {alloc_kw['mapping']!r}; expected 'block' or 'matrix'")
-    nm = check_nm(nm)
-    if nm is not None:
-        if allocation != "uniform":
-            raise PruningError("an N:M pattern fixes every layer's sparsity at 1 - N/M: use allocation='uniform'")
-        if sparsity is not None and abs(float(sparsity) - (1.0 - nm[0] / nm[1])) > 1e-12:
-            raise PruningError(f"sparsity {sparsity} contradicts the {nm[0]}:{nm[1]} pattern (1 - N/M = "
-                               f"{1.0 - nm[0] / nm[1]}); leave sparsity out")
-        sparsity = 1.0 - nm[0] / nm[1]
-        for name, mod in zip(layout.names, layout.modules(), strict=True):
-            if weight_2d(mod).shape[1] % nm[1]:
-                raise PruningError(f"{name}: input dimension {weight_2d(mod).shape[1]} is not a multiple of {nm[1]}")
-    sparsity = A.check_sparsity(sparsity)
+    sparsity, nm = check_settings(layout, sparsity, allocation, alloc_kw["mapping"], nm)
     ids = _check_calibration(model, calibration_ids) if needs_data else None
     if allocation == "owl":
         stats = {n: LayerStats(weight_2d(m).shape[1], device=m.weight.device)
