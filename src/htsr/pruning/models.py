@@ -321,6 +321,21 @@ def check_settings(layout: Layout, sparsity: float | None, allocation: str, mapp
     return A.check_sparsity(sparsity), nm
 
 
+def layer_rows(layout: Layout, targets: Sequence[float], used: Sequence[float] | None) -> tuple[list[dict], int, int]:
+    """The report's per-layer rows (target and achieved sparsity, metric) plus zero and total weight counts."""
+    rows = []
+    total = pruned = 0
+    for i, (name, mod) in enumerate(zip(layout.names, layout.modules(), strict=True)):
+        w = weight_2d(mod)
+        z = int((w == 0).sum())
+        total += w.numel()
+        pruned += z
+        rows.append({"name": name, "block": int(layout.block_ids[i]), "shape": list(w.shape), "params": w.numel(),
+                     "target_sparsity": float(targets[i]), "achieved_sparsity": z / w.numel(),
+                     "metric": None if used is None else float(used[i])})
+    return rows, pruned, total
+
+
 def prune_model(
     model: nn.Module,
     sparsity: float | None,
@@ -387,16 +402,7 @@ def prune_model(
             _sequential(layout, calls, pruner, target_of, nm, blocksize, percdamp, progress)
     finally:
         model.train(was_training)
-    rows = []
-    total = pruned = 0.0
-    for i, (name, mod) in enumerate(zip(layout.names, layout.modules(), strict=True)):
-        w = weight_2d(mod)
-        z = int((w == 0).sum())
-        total += w.numel()
-        pruned += z
-        rows.append({"name": name, "block": int(layout.block_ids[i]), "shape": list(w.shape), "params": w.numel(),
-                     "target_sparsity": float(targets[i]), "achieved_sparsity": z / w.numel(),
-                     "metric": None if used is None else float(used[i])})
+    rows, pruned, total = layer_rows(layout, targets, used)
     settings = {"pruner": pruner, "allocation": allocation, "epsilon": float(epsilon), "nm": list(nm) if nm else None,
                 "metric": metric if allocation == "alpha" else ("outlier_ratio" if allocation == "owl" else None),
                 "metrics_given": metrics is not None, "mapping": mapping, "max_ratio": max_ratio,

@@ -43,6 +43,7 @@ from htsr.pruning.models import (
     allocate,
     check_settings,
     find_layout,
+    layer_rows,
     weight_2d,
 )
 from htsr.pruning.pruners import NM, LayerStats
@@ -229,16 +230,7 @@ def prune_with_llmcompressor(
                            f"{state}") from e
     finally:
         model.train(was_training)
-    rows = []
-    total = pruned = 0.0
-    for i, (name, mod) in enumerate(zip(layout.names, layout.modules(), strict=True)):
-        w = weight_2d(mod)
-        z = int((w == 0).sum())
-        total += w.numel()
-        pruned += z
-        rows.append({"name": name, "block": int(layout.block_ids[i]), "shape": list(w.shape), "params": w.numel(),
-                     "target_sparsity": float(targets[i]), "achieved_sparsity": z / w.numel(),
-                     "metric": None if used is None else float(used[i])})
+    rows, pruned, total = layer_rows(layout, targets, used)
     if pruned == sum(before) and any(int(r["shape"][1] * r["target_sparsity"]) > 0 for r in rows):
         raise PruningError("llmcompressor ran but pruned no weight (its modifier matched none of the layers)")
     settings = {"backend": "llmcompressor", "llmcompressor_version": getattr(llmc, "__version__", None),
