@@ -1,6 +1,6 @@
 """Hessian benchmark: htsr.landscape vs PyHessian 0.1 on the same CPU, model, data and tolerance, in one process.
 
-    python benchmarks/bench_hessian.py [--repeats 5] [--threads 1] [--width 16]
+    python benchmarks/bench_hessian.py [--repeats 5] [--threads 1] [--width 16] [--device cuda]
 
 Model: a CNN with BatchNorm (Conv 1→W, BN, ReLU, Conv W→W, BN, ReLU, MaxPool, Linear) trained for 3 epochs on
 scikit-learn digits; Hessian of the mean cross-entropy on one batch of 200 training images in eval mode (the
@@ -11,7 +11,9 @@ For each seed: PyHessian ``hessian(...).eigenvalues()`` and ``.trace()`` (maxIte
 vs htsr ``top_eigenvalues`` (Lanczos) and ``hessian_trace`` (Hutchinson with PyHessian's rule, and Hutch++ with 30
 products), each including its own set-up (PyHessian builds the gradient graph in its constructor). Memory: peak
 RSS increase of a child process that runs one library's eigenvalue + trace. Skips with a message when
-``pyhessian`` is not installed (``pip install --no-deps pyhessian==0.1``).
+``pyhessian`` is not installed (``pip install --no-deps pyhessian==0.1``). ``--device cuda`` runs both
+libraries (and the references) on the GPU; the peak-RSS comparison is then skipped (GPU memory is reported
+as the peak allocated by each library's eigenvalue + trace instead).
 """
 
 from __future__ import annotations
@@ -64,23 +66,42 @@ def references(model, batch):
     eye_block = 256
     for i in range(0, obj.dim, eye_block):
         k = min(eye_block, obj.dim - i)
-        E = torch.zeros(k, obj.dim, dtype=torch.float64)
+        E = torch.zeros(k, obj.dim, dtype=torch.float64, device=obj.device)
         E[torch.arange(k), torch.arange(i, i + k)] = 1.0
         tr += float((obj.hvp(E) * E).sum())
     return lam, tr, obj.dim
 
 
+def _sync(x: torch.Tensor) -> None:
+    if x.is_cuda:
+        torch.cuda.synchronize()
+
+
 def timed(fn):
     t = time.perf_counter()
-    out = fn()
+    out = fn()  # every case returns Python floats: the GPU work is finished when it returns
     return time.perf_counter() - t, out
+
+
+def gpu_memory(model, batch) -> None:
+    """Peak GPU memory allocated by each library's eigenvalue + trace (beyond the model and the batch)."""
+    print("\npeak GPU memory allocated during eigenvalue + trace (beyond model and batch):")
+    for lib, fn, whats in (("pyhessian", run_pyhessian, ("eig", "trace")),
+                           ("htsr", run_htsr, ("eig", "hutchinson", "hutch++"))):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        for what in whats:
+            fn(model, batch, 0, what)
+        torch.cuda.synchronize()
+        print(f"  {lib:10s} +{(torch.cuda.max_memory_allocated() - base) / 2**20:.1f} MiB")
 
 
 def run_pyhessian(model, batch, seed: int, what: str):
     from pyhessian import hessian
 
     torch.manual_seed(seed)  # PyHessian draws its probes from the global RNG
-    h = hessian(model, nn.CrossEntropyLoss(), data=batch, cuda=False)
+    h = hessian(model, nn.CrossEntropyLoss(), data=batch, cuda=batch[0].is_cuda)
     if what == "eig":
         vals, _ = h.eigenvalues(maxIter=100, tol=1e-3, top_n=1)
         return float(vals[0]), None
@@ -115,8 +136,8 @@ def hvp_cost(model, batch, reps: int = 20) -> dict[str, float]:
 
     obj = Objective(model, batch)
     fresh = Objective(model, batch, cache_graph=False)
-    v = torch.randn(obj.dim)
-    V = torch.randn(10, obj.dim)
+    v = torch.randn(obj.dim, device=obj.device)
+    V = torch.randn(10, obj.dim, device=obj.device)
     obj.hvp(v)
     grad()
     out = {}
@@ -125,8 +146,10 @@ def hvp_cost(model, batch, reps: int = 20) -> dict[str, float]:
                                                                         10)):
         ts = []
         for _ in range(reps):
+            _sync(x)
             t = time.perf_counter()
             fn()
+            _sync(x)
             ts.append((time.perf_counter() - t) / per)
         out[name] = statistics.median(ts)
     model.zero_grad(set_to_none=True)
@@ -141,7 +164,7 @@ def worker(lib: str, width: int, threads: int, weights: str) -> None:
     model.load_state_dict(load_file(weights))
     model.eval()
     run_htsr(model, (batch[0][:2], batch[1][:2]), 0, "eig")  # warm up torch's lazy initialisation alike
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _hwm_kib()
     if lib == "pyhessian":
         run_pyhessian(model, batch, 0, "eig")
         run_pyhessian(model, batch, 0, "trace")
@@ -149,8 +172,21 @@ def worker(lib: str, width: int, threads: int, weights: str) -> None:
         run_htsr(model, batch, 0, "eig")
         run_htsr(model, batch, 0, "hutchinson")
         run_htsr(model, batch, 0, "hutch++")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _hwm_kib()
     print(json.dumps({"lib": lib, "rss_increase_mib": (peak - base) / 1024, "peak_mib": peak / 1024}))
+
+
+def _hwm_kib() -> float:
+    """This process's peak RSS (VmHWM, KiB). Not ``getrusage``'s ru_maxrss: that one keeps the parent's peak
+    across fork + exec, which hid every increase below the parent's size (both libraries read +0.0 MiB)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def main() -> int:
@@ -161,6 +197,7 @@ def main() -> int:
     ap.add_argument("--worker", choices=["pyhessian", "htsr"], default=None)
     ap.add_argument("--weights", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--memory-only", action="store_true", help="only the peak-RSS comparison")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda: where both libraries run")
     args = ap.parse_args()
     try:
         import pyhessian  # noqa: F401
@@ -172,11 +209,22 @@ def main() -> int:
         return 0
     torch.set_num_threads(args.threads)
     model, batch = build(args.width)
+    if args.device != "cpu":
+        torch.backends.cuda.matmul.allow_tf32 = False  # float32 as on the CPU (PyHessian's own setting)
+        torch.backends.cudnn.allow_tf32 = False
+        model = model.to(args.device)
+        batch = (batch[0].to(args.device), batch[1].to(args.device))
+        run_htsr(model, (batch[0][:2], batch[1][:2]), 0, "eig")  # CUDA context and kernels warm for both
+        run_pyhessian(model, (batch[0][:2], batch[1][:2]), 0, "eig")
     if args.memory_only:
-        memory(model, args)
+        if args.device == "cpu":
+            memory(model, args)
+        else:
+            gpu_memory(model, batch)
         return 0
     lam, tr, dim = references(model, batch)
-    print(f"model: digits CNN width {args.width}, {dim} parameters, batch 200, float32, {args.threads} thread(s)")
+    where = args.device if args.device != "cpu" else f"cpu, {args.threads} thread(s)"
+    print(f"model: digits CNN width {args.width}, {dim} parameters, batch 200, float32, {where}")
     print(f"reference: top eigenvalue {lam:.6g}, exact trace {tr:.6g}")
     rows = {}
     cases = [("pyhessian", "eig"), ("htsr", "eig"), ("pyhessian", "trace"), ("htsr", "hutchinson"),
@@ -204,7 +252,10 @@ def main() -> int:
     print("\ncost of one Hessian-vector product relative to one gradient (median of 20):")
     for k in ("hvp_from_scratch", "hvp_cached_graph", "hvp_block10_per_vector"):
         print(f"  {k:24s} {c[k] / c['gradient']:.2f}x  ({c[k] * 1e3:.2f} ms vs {c['gradient'] * 1e3:.2f} ms)")
-    memory(model, args)
+    if args.device == "cpu":
+        memory(model, args)
+    else:
+        gpu_memory(model, batch)
     return 0
 
 

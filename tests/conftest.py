@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -33,10 +34,25 @@ def heavy_tailed(n: int, m: int, seed: int = 0, df: int = 3) -> torch.Tensor:
     return z / torch.sqrt(chi2 / df)
 
 
+@contextlib.contextmanager
+def _one_torch_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 @pytest.fixture
 def torch_one_thread():
     """Tiny matrices: one torch thread avoids spin waits that make them ~1000x slower on a loaded 2-core box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with _one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def torch_one_thread_module():
+    """The same for a whole module, so that module-scoped fixtures that train models run on one thread too."""
+    with _one_torch_thread():
+        yield

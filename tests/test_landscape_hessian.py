@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 import torch
@@ -17,39 +15,14 @@ from htsr.landscape.hessian import (
     top_eigenvalues,
 )
 from htsr.landscape.objective import LandscapeError, Objective, reestimate_bn
+from tests.digits_helpers import digits, fit_sgd, small_cnn
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Module fixtures build models too: one torch thread (tiny ops spin-wait on a loaded 2-core box)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@functools.lru_cache(maxsize=1)
-def _digits_all():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return torch.tensor(d.images[:, None] / 16.0, dtype=torch.float64), torch.tensor(d.target)
+pytestmark = pytest.mark.usefixtures("torch_one_thread_module")
 
 
 def _digits(n: int = 300):
-    x, y = _digits_all()
+    x, y = digits(torch.float64)
     return x[:n], y[:n]
-
-
-def _fit(model: nn.Module, x, y, steps: int = 60, lr: float = 0.1) -> nn.Module:
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    for i in range(steps):
-        sl = slice((i * 50) % len(x), (i * 50) % len(x) + 50)
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x[sl]), y[sl]).backward()
-        opt.step()
-    opt.zero_grad(set_to_none=True)
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -58,17 +31,15 @@ def mlp_case():
     x, y = _digits(300)
     x = x.flatten(1)
     model = nn.Sequential(nn.Linear(64, 6), nn.Tanh(), nn.Linear(6, 10)).double()
-    _fit(model, x, y, steps=30)
+    fit_sgd(model, x, y, steps=30)
     return model, (x[:200], y[:200])
 
 
 @pytest.fixture(scope="module")
 def cnn_case():
-    torch.manual_seed(1)
     x, y = _digits(600)
-    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                          nn.Linear(27, 10)).double()
-    _fit(model, x, y, steps=24)
+    model = small_cnn(1, width=3).double()
+    fit_sgd(model, x, y, steps=24)
     return model.eval(), (x[:150], y[:150])
 
 

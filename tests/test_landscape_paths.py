@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 import torch
@@ -19,32 +17,13 @@ from htsr.landscape.paths import (
     mode_connectivity_peak,
     train_bezier,
 )
+from tests.digits_helpers import digits, small_cnn
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@functools.lru_cache(maxsize=1)
-def _digits():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return torch.tensor(d.images[:, None] / 16.0, dtype=torch.float32), torch.tensor(d.target)
-
-
-def _cnn(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(36, 10))
+pytestmark = pytest.mark.usefixtures("torch_one_thread_module")
 
 
 def _loader(n: int = 600, bs: int = 100, seed: int = 0, shuffle: bool = True):
-    x, y = _digits()
+    x, y = digits()
     ds = torch.utils.data.TensorDataset(x[:n], y[:n])
     return torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=shuffle,
                                        generator=torch.Generator().manual_seed(seed))
@@ -56,7 +35,7 @@ def endpoints():
 
     out = []
     for s in (0, 1):
-        m = _cnn(s)
+        m = small_cnn(s)
         train(m, _loader(seed=s), torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9), epochs=3, progress=False)
         out.append(m.eval())
     return out
@@ -142,7 +121,7 @@ def test_bezier_training_finds_a_lower_path_and_is_seeded(endpoints):
 
 def test_nan_on_a_path_is_a_clear_error(endpoints):
     a, _ = endpoints
-    bad = _cnn(9)
+    bad = small_cnn(9)
     with torch.no_grad():
         bad[5].weight.fill_(float("nan"))
     with pytest.raises(LandscapeError, match=r"loss is nan at t=0\.5 on the linear path"):

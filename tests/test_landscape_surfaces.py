@@ -3,8 +3,6 @@ NaN points, plots."""
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 import torch
@@ -20,40 +18,14 @@ from htsr.landscape.surfaces import (
     surface_1d,
     surface_2d,
 )
+from tests.digits_helpers import digits, fit_sgd, small_cnn
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@functools.lru_cache(maxsize=1)
-def _digits():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return torch.tensor(d.images[:, None] / 16.0, dtype=torch.float32), torch.tensor(d.target)
-
-
-def _cnn(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(36, 10))
+pytestmark = pytest.mark.usefixtures("torch_one_thread_module")
 
 
 def _trained(seed: int) -> nn.Module:
-    x, y = _digits()
-    m = _cnn(seed)
-    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
-    for i in range(20):
-        sl = slice(i * 50, i * 50 + 50)
-        opt.zero_grad()
-        nn.functional.cross_entropy(m(x[sl]), y[sl]).backward()
-        opt.step()
-    return m.eval()
+    x, y = digits()
+    return fit_sgd(small_cnn(seed), x, y, steps=20).eval()
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +35,7 @@ def models():
 
 @pytest.fixture(scope="module")
 def batch():
-    x, y = _digits()
+    x, y = digits()
     return x[1000:1200], y[1000:1200]
 
 
@@ -109,7 +81,7 @@ def test_surface_1d_centre_restores_weights_and_is_seeded(models, batch):
 
 
 def test_bn_reestimation_matches_data_statistics(models, batch):
-    m = _cnn(5)
+    m = small_cnn(5)
     x, _ = batch
     # uneven batches: the cumulative average weighted by batch size gives the mean over all samples
     loader = [x[:64], x[64:128], x[128:192], x[192:]]
@@ -151,14 +123,14 @@ def test_line_and_plane_between_models(models, batch):
     line = line_between(obj, b, [0.0, 0.5, 1.0])
     assert line.loss[0] == pytest.approx(obj.loss(), rel=1e-6)
     # at t=1 the weights are b's; BN statistics are a's unless re-estimated: compare with that hybrid
-    hybrid = _cnn(0)
+    hybrid = small_cnn(0)
     hybrid.load_state_dict(a.state_dict())
     hybrid.load_state_dict({k: v for k, v in b.state_dict().items() if "running" not in k and "num_batches" not in k},
                            strict=False)
     assert line.loss[2] == pytest.approx(Objective(hybrid, batch).loss(), rel=1e-5)
     assert line.loss[1] > min(line.loss[0], line.loss[2])  # independently trained: a barrier between them
     line_bn = line_between(obj, b, [1.0], bn_data=batch)
-    b2 = _cnn(0)
+    b2 = small_cnn(0)
     b2.load_state_dict(b.state_dict())
     reestimate_bn(b2, batch)
     assert line_bn.loss[0] == pytest.approx(Objective(b2.eval(), batch).loss(), rel=1e-5)

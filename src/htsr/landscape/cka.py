@@ -176,6 +176,10 @@ class MinibatchCKA:
             raise ConfigError(f"side a has {n} samples in this batch, side b has {kb.shape[-1]}; they must match")
         if n < 4:
             raise ConfigError(f"minibatch CKA needs batches of at least 4 samples, got {n}")
+        kb = kb.to(ka.device)  # the two sides may come from models on different devices
+        if self.hsic_ab_.device != ka.device:  # accumulate where the features are (no host sync per batch)
+            self.hsic_ab_, self.hsic_aa_, self.hsic_bb_ = (t.to(ka.device) for t in
+                                                           (self.hsic_ab_, self.hsic_aa_, self.hsic_bb_))
         self.hsic_ab_ += hsic1(ka[:, None], kb[None, :])
         self.hsic_aa_ += hsic1(ka, ka)
         self.hsic_bb_ += hsic1(kb, kb)
