@@ -91,6 +91,14 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def announce_machine(label: str = "machine:", **extra: Any) -> dict[str, Any]:
+    """:func:`machine_info` plus ``extra`` fields, printed as one line; returned for the JSON report."""
+    info = machine_info()
+    info.update(extra)
+    print(f"{label} {machine_line(info)}".strip())
+    return info
+
+
 def machine_line(info: dict[str, Any]) -> str:
     return (
         f"{info['cpu']}, {info['nproc']} cores, {info['mem_gib']} GiB, "
@@ -238,6 +246,14 @@ def blas_limit(n: int | None):
     from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=n)
+
+
+def parse_and_run(ap, argv, run: Callable[[Any], int]) -> int:
+    """Add ``--blas-threads`` to ``ap``, parse ``argv`` and call ``run(args)`` under that BLAS thread cap."""
+    add_blas_arg(ap)
+    args = ap.parse_args(argv)
+    with blas_limit(args.blas_threads):
+        return run(args)
 
 
 def add_blas_arg(ap) -> None:

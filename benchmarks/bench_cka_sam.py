@@ -181,8 +181,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    info = C.machine_info()
-    print(C.machine_line(info))
+    info = C.announce_machine(label="")
     x, y = data()
     results = {"machine": info, "sam": {}, "persample": {}, "apgd": {}}
 

@@ -108,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     C.import_weightwatcher()  # quiet import (it prints and sets up logging)
     warmup()
-    info = C.machine_info()
-    print("machine:", C.machine_line(info))
+    info = C.announce_machine()
     results = []
     for n in args.sizes:
         plr = args.pl_repeats if n < 10000 else args.pl_repeats_large

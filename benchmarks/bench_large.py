@@ -55,19 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--df", type=float, default=4.0, help="Student-t degrees of freedom of the entries")
     ap.add_argument("--workers", type=int, default=0, help="htsr workers (0 = automatic)")
     ap.add_argument("--json", help="write results to this JSON file")
-    C.add_blas_arg(ap)
-    args = ap.parse_args(argv)
-    with C.blas_limit(args.blas_threads):
-        return run(args)
+    return C.parse_and_run(ap, argv, run)
 
 
 def run(args: argparse.Namespace) -> int:
 
     import htsr
 
-    info = C.machine_info()
-    info["blas_threads"] = args.blas_threads
-    print("machine:", C.machine_line(info))
+    info = C.announce_machine(blas_threads=args.blas_threads)
     model = build_model(args.hidden, args.inter, args.seed, args.df)
     shapes = [tuple(m.weight.shape) for m in model]
     print("matrices:", shapes)

@@ -62,8 +62,7 @@ def main() -> None:
     from htsr.diagnosis.reproduce import format_table, reproduce_table
     from htsr.diagnosis.transfer import prepare_task, sample_training_set
 
-    info = C.machine_info()
-    print(C.machine_line(info))
+    info = C.announce_machine(label="")
 
     walls, table = [], None
     for _ in range(args.repeats):

@@ -218,9 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     import _common as C
 
     blocks = args.blocks or (3 if args.dtype == "fp32" else 6)
-    info = C.machine_info()
-    info["blas_threads"] = args.blas_threads
-    print("machine:", C.machine_line(info))
+    info = C.announce_machine(blas_threads=args.blas_threads)
     tmp = None
     if args.dir:
         directory = Path(args.dir)

@@ -79,17 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--part", choices=("a", "b", "both"), default="both")
     ap.add_argument("--workers", type=int, default=0, help="htsr workers (0 = automatic)")
     ap.add_argument("--json", help="write results to this JSON file")
-    C.add_blas_arg(ap)
-    args = ap.parse_args(argv)
-    with C.blas_limit(args.blas_threads):
-        return run(args)
+    return C.parse_and_run(ap, argv, run)
 
 
 def run(args: argparse.Namespace) -> int:
 
-    info = C.machine_info()
-    info["blas_threads"] = args.blas_threads
-    print("machine:", C.machine_line(info))
+    info = C.announce_machine(blas_threads=args.blas_threads)
     model = load_model()
     warmup()
     results = []

@@ -45,8 +45,7 @@ def main() -> None:
         key, val = s.split("=", 1)
         rec, opt = key.split(".", 1)
         overrides.setdefault(rec, {})[opt] = json.loads(val)
-    info = C.machine_info()
-    print("machine:", C.machine_line(info))
+    info = C.announce_machine()
     rows, raw = [], []
     for name in args.recipes:
         recipe = get_recipe(name, **overrides.get(name, {}))

@@ -85,8 +85,7 @@ def main() -> None:
 
     from htsr.cli.main import main as cli
 
-    info = C.machine_info()
-    print(C.machine_line(info))
+    info = C.announce_machine(label="")
     if args.profile:
         C.print_table(["weights", "part", "median time"], profile(args.threads), "one measurement, by part")
     load0 = C.loadavg()

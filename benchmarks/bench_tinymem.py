@@ -78,8 +78,7 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/htsr_bench_tinymem")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    info = C.machine_info()
-    print(C.machine_line(info))
+    info = C.announce_machine(label="")
     results = []
     for layers in (int(x) for x in args.layers.split(",")):
         for art in args.artifacts.split(","):

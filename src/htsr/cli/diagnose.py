@@ -16,6 +16,8 @@ import json
 import sys
 from typing import Any
 
+from htsr.cli.common import error
+
 
 def _csv_list(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
@@ -150,11 +152,6 @@ def register(subparsers: Any) -> None:
     dg.set_defaults(func=cmd_diagnose)
 
 
-def _err(msg: str) -> int:
-    print(f"htsr: error: {msg}", file=sys.stderr)
-    return 2
-
-
 def _check_out(path: str | None) -> str | None:
     from pathlib import Path
 
@@ -173,13 +170,13 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from htsr.io import write_table
 
     if (msg := _check_out(args.out)) is not None:
-        return _err(msg)
+        return error(msg)
     seeds = args.seeds or list(PAPER_SEEDS)
     t0 = time.perf_counter()
     try:
         table = reproduce_table(args.data_dir, args.cases, seeds, args.baseline_seeding, args.extras)
     except (HtsrError, ValueError, OSError) as e:
-        return _err(str(e))
+        return error(str(e))
     wall = time.perf_counter() - t0
     from htsr.diagnosis.reproduce import format_table
 
@@ -197,7 +194,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         try:
             print(f"wrote {write_table(args.out, table)}", file=sys.stderr)
         except (OSError, ValueError) as e:
-            return _err(f"cannot write {args.out}: {e}")
+            return error(f"cannot write {args.out}: {e}")
     if args.check and (len(bad) or not paper_seeds):
         if not paper_seeds:
             print("htsr: --check compares with the paper only at its seeds 42,90,38,18,72", file=sys.stderr)
@@ -218,12 +215,12 @@ def cmd_label(args: argparse.Namespace) -> int:
     from htsr.io import write_table
 
     if (msg := _check_out(args.out)) is not None:
-        return _err(msg)
+        return error(msg)
     try:
         out = label_population(_read_csv(args.csv), score=args.score)
         path = write_table(args.out, out)
     except (HtsrError, ValueError, OSError) as e:
-        return _err(str(e))
+        return error(str(e))
     for c in ("bs_failure", "width_vs_batch", "data_vs_batch"):
         if c in out:
             counts = out[c].value_counts().to_dict()
@@ -246,13 +243,13 @@ def cmd_fit(args: argparse.Namespace) -> int:
             frame = label_population(frame, score=args.score)
         if args.min_width is not None:
             if "width" not in frame.columns:
-                return _err("--min-width needs a 'width' column")
+                return error("--min-width needs a 'width' column")
             frame = frame[frame["width"] >= args.min_width]
         train = drop_optimal(frame, label)
         est = TASKS[args.task](features=args.features, bounds=args.bounds).fit(train, train[label])
         path = write_json(args.out, est.to_dict())
     except (HtsrError, ValueError, OSError) as e:
-        return _err(str(e))
+        return error(str(e))
     print(est.export_text(X=train), end="")
     print(f"fitted on {len(train)} configurations ({len(frame) - len(train)} 'optimal' dropped): "
           f"training accuracy {100 * est.train_accuracy_:.2f}%")
@@ -270,12 +267,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from htsr.io import write_table
 
     if (msg := _check_out(args.out)) is not None:
-        return _err(msg)
+        return error(msg)
     try:
         try:
             spec = json.loads(Path(args.model).read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            return _err(f"{args.model}: not a JSON model file ({e})")
+            return error(f"{args.model}: not a JSON model file ({e})")
         est = load_tree(spec)
         frame = _read_csv(args.csv)
         pred = est.predict(frame)
@@ -288,7 +285,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.out:
             print(f"wrote {write_table(args.out, out)}", file=sys.stderr)
     except (HtsrError, ValueError, OSError) as e:
-        return _err(str(e))
+        return error(str(e))
     counts = out["prediction"].value_counts().to_dict()
     print("predicted: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     if label in frame.columns:
@@ -297,10 +294,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             try:
                 acc = est.score(scored, scored[label])
             except HtsrError as e:
-                return _err(str(e))
+                return error(str(e))
             print(f"accuracy on {len(scored)} labelled configurations ({label}): {100 * acc:.2f}%")
     elif args.label:
-        return _err(f"label column {args.label!r} not in {args.csv}")
+        return error(f"label column {args.label!r} not in {args.csv}")
     return 0
 
 
@@ -320,7 +317,7 @@ def cmd_population(args: argparse.Namespace) -> int:
         config = replace(GRIDS[args.grid], **changes)
         frame = build_population(config, args.out, max_new=args.max_configs, save_models=not args.no_models)
     except (HtsrError, ValueError, OSError) as e:
-        return _err(str(e))
+        return error(str(e))
     a = frame.attrs
     print(f"{len(frame)}/{config.n_configs} configurations finished ({a['n_trained']} trained now, "
           f"{a['n_resumed']} resumed) in {time.perf_counter() - t0:.1f} s; population in {args.out}")
@@ -342,13 +339,13 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     from htsr.io import write_json
 
     if not 0 < args.data <= 1:
-        return _err(f"--data must be in (0, 1], got {args.data}")
+        return error(f"--data must be in (0, 1], got {args.data}")
     try:
         frame, config = load_population_dir(args.population)
         diag = fit_diagnoser(frame, bounds=args.bounds)
         result = diagnose(args.weights, diagnoser=diag, config=config, data=args.data)
     except (HtsrError, ValueError, OSError) as e:
-        return _err(str(e))
+        return error(str(e))
     for task, tree in diag.trees.items():
         print(f"{task} tree fitted on {diag.n_train[task]} configurations: training accuracy "
               f"{100 * tree.train_accuracy_:.1f}%")
@@ -357,5 +354,5 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
         try:
             print(f"wrote {write_json(args.out, result.to_dict())}", file=sys.stderr)
         except (OSError, ValueError) as e:
-            return _err(f"cannot write {args.out}: {e}")
+            return error(f"cannot write {args.out}: {e}")
     return 0

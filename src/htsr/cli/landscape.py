@@ -9,9 +9,10 @@ Exit codes: 0 success, 1 the analysis failed (non-finite loss on a path), 2 bad 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
+
+from htsr.cli.common import error
 
 
 def digits_cnn() -> Any:
@@ -75,11 +76,6 @@ def _save_weights(model: Any, path: str) -> None:
 
     data = save({k: v.detach().contiguous() for k, v in model.state_dict().items()})
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
-
-
-def _err(msg: str, code: int = 2) -> int:
-    print(f"htsr: error: {msg}", file=sys.stderr)
-    return code
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -199,7 +195,7 @@ def cmd_hessian(args: argparse.Namespace) -> int:
 
     msg = _check_common(args)
     if msg:
-        return _err(msg)
+        return error(msg)
     try:
         model = recipe_model(args.seed, args.epochs, args.weights)
         if args.save_weights:
@@ -225,7 +221,7 @@ def cmd_hessian(args: argparse.Namespace) -> int:
 
             plot_density(dens, Path(args.plot) / "hessian_density.png")
     except (HtsrError, ValueError, OSError) as e:
-        return _err(str(e))
+        return error(str(e))
     return 0
 
 
@@ -240,9 +236,9 @@ def cmd_surface(args: argparse.Namespace) -> int:
 
     msg = _check_common(args)
     if msg:
-        return _err(msg)
+        return error(msg)
     if args.steps < 2 or not args.extent > 0:
-        return _err("--steps must be >= 2 and --range > 0")
+        return error("--steps must be >= 2 and --range > 0")
     try:
         model = recipe_model(args.seed, args.epochs, args.weights)
         x, y, _, _ = digits_data()
@@ -269,7 +265,7 @@ def cmd_surface(args: argparse.Namespace) -> int:
                 plot_contour(s, d / "surface_2d_contour.png")
                 plot_surface_3d(s, d / "surface_2d_3d.png")
     except (HtsrError, ValueError, OSError) as e:
-        return _err(str(e))
+        return error(str(e))
     return 0
 
 
@@ -284,15 +280,15 @@ def cmd_connect(args: argparse.Namespace) -> int:
 
     msg = _check_common(args)
     if msg:
-        return _err(msg)
+        return error(msg)
     if args.points < 2 or args.curve_epochs < 1:
-        return _err("--points must be >= 2 and --curve-epochs >= 1")
+        return error("--points must be >= 2 and --curve-epochs >= 1")
     try:
         ws = args.weights or [None, None]
         a = recipe_model(args.seed, args.epochs, ws[0])
         b = recipe_model(args.seed + 1, args.epochs, ws[1])
     except (HtsrError, ValueError, OSError) as e:
-        return _err(str(e))
+        return error(str(e))
     x, y, _, _ = digits_data()
     ds = torch.utils.data.TensorDataset(x, y)
     train_dl = torch.utils.data.DataLoader(ds, batch_size=50, shuffle=True,
@@ -307,7 +303,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
             curve, _ = train_bezier(a, b, train_dl, epochs=args.curve_epochs, seed=args.seed, progress=None)
             results.append(evaluate_curve(curve, eval_dl, num_points=args.points))
     except LandscapeError as e:
-        return _err(str(e), 1)
+        return error(str(e), 1)
     for r in results:
         m = r.metrics()
         out[r.kind] = {"t": r.t, "loss": r.loss, "error": r.error, **m}
@@ -321,7 +317,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
 
             plot_path(results, Path(args.plot) / "mode_connectivity.png")
     except (OSError, ValueError) as e:
-        return _err(f"cannot write output: {e}")
+        return error(f"cannot write output: {e}")
     return 0
 
 
@@ -333,9 +329,9 @@ def cmd_cka(args: argparse.Namespace) -> int:
 
     msg = _check_common(args)
     if msg:
-        return _err(msg)
+        return error(msg)
     if args.estimator == "minibatch" and args.samples < 4:
-        return _err("--estimator minibatch needs --samples >= 4")
+        return error("--estimator minibatch needs --samples >= 4")
     layers = None
     if args.layers:
         layers = [None if n.strip() in ("output", "") else n.strip() for n in args.layers.split(",")]
@@ -352,7 +348,7 @@ def cmd_cka(args: argparse.Namespace) -> int:
         table = compare_models(a, b, data, layers_a=layers, estimator=args.estimator, feature_fn=soft,
                                progress=False)
     except (HtsrError, ValueError, OSError) as e:
-        return _err(str(e))
+        return error(str(e))
     print(f"linear CKA ({args.estimator}{', softmax outputs' if args.softmax else ''}) between seeds {args.seed} "
           f"and {args.seed + 1} on {table.attrs.get('n_samples', args.samples)} samples:")
     print(table.round(4).to_string())
@@ -367,7 +363,7 @@ def cmd_cka(args: argparse.Namespace) -> int:
                                       "attrs": {k: v for k, v in table.attrs.items()
                                                 if isinstance(v, (int, float, str))}})
     except (OSError, ValueError) as e:
-        return _err(f"cannot write output: {e}")
+        return error(f"cannot write output: {e}")
     return 0
 
 
@@ -379,9 +375,9 @@ def cmd_sharpness(args: argparse.Namespace) -> int:
 
     msg = _check_common(args)
     if msg:
-        return _err(msg)
+        return error(msg)
     if args.iters < 1 or args.batch_size < 1 or any(not r > 0 for r in args.rho):
-        return _err("--iters and --batch-size must be >= 1 and every --rho > 0")
+        return error("--iters and --batch-size must be >= 1 and every --rho > 0")
     try:
         model = recipe_model(args.seed, args.epochs, args.weights)
         x, y, _, _ = digits_data()
@@ -390,7 +386,7 @@ def cmd_sharpness(args: argparse.Namespace) -> int:
         table = sharpness_table(model, data, rhos=args.rho, ps=args.norm, adaptive=not args.no_adaptive,
                                 n_iters=args.iters, seed=args.seed, progress=False)
     except (HtsrError, ValueError, OSError) as e:
-        return _err(str(e))
+        return error(str(e))
     print(f"worst-case {'plain' if args.no_adaptive else 'adaptive'} sharpness on {args.samples} samples "
           f"({len(data)} batches, {args.iters} Auto-PGD iterations):")
     print(table.round(5).to_string(index=False))
@@ -401,5 +397,5 @@ def cmd_sharpness(args: argparse.Namespace) -> int:
             else:
                 write_json(args.out, {"seed": args.seed, "rows": table.to_dict(orient="records")})
     except (OSError, ValueError) as e:
-        return _err(f"cannot write output: {e}")
+        return error(f"cannot write output: {e}")
     return 0

@@ -12,23 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def _kv(s: str) -> tuple[str, Any]:
-    if "=" not in s:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {s!r}")
-    k, v = s.split("=", 1)
-    try:
-        val: Any = json.loads(v)
-    except json.JSONDecodeError:
-        val = v
-    return k.strip(), val
+from htsr.cli.common import error, key_value
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", default="cpu", help="data size: cpu (default), tiny, paper")
     p.add_argument("--artifact", choices=["noise", "backdoor"], default="noise")
     p.add_argument("--task", choices=["increment", "mult"], default="increment")
-    p.add_argument("--data", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--data", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="override a TinyMemConfig field, e.g. --data n_noise=200 --data prompt_len=16")
     p.add_argument("--layers", type=int, default=2, help="transformer blocks (1-16; default 2)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the preset's)")
@@ -60,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--method", required=True, help="a regularizer, finetune_{clean,extra,both}, or an unlearning "
                                                   "method (see docs/tinymem.md)")
     g.add_argument("--ratio", type=float, default=None, help="unlearning ratio in (0, 1)")
-    g.add_argument("--hp", type=_kv, action="append", default=[], metavar="KEY=VALUE", help="method hyper-parameter")
+    g.add_argument("--hp", type=key_value, action="append", default=[], metavar="KEY=VALUE",
+                   help="method hyper-parameter")
     g.add_argument("--retain-size", type=int, default=None, help="use a seeded subset of the retain set")
     g.add_argument("--ft-epochs", type=int, default=5)
     g.add_argument("--out", required=True, help="output checkpoint directory (not the input)")
@@ -70,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     c = sub.add_parser("compare", help="train, then run every mitigation; write a table and a plot")
     _data_args(c)
     c.add_argument("--methods", default="all", help="comma-separated methods (default all 17)")
-    c.add_argument("--hp", type=_kv, action="append", default=[], metavar="METHOD.KEY=VALUE",
+    c.add_argument("--hp", type=key_value, action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="override a method's hyper-parameter, e.g. balanced_subnet.ratio=0.3")
     c.add_argument("--retain-size", type=int, default=None, help="seeded subset of the retain set for unlearning")
     c.add_argument("--ft-epochs", type=int, default=5)
@@ -84,11 +76,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 TRAIN_DEFAULTS = {"paper": {"noise": (3500, 128), "backdoor": (500, 128)},
                   "cpu": {"noise": (10, 32), "backdoor": (10, 32)},
                   "tiny": {"noise": (3, 32), "backdoor": (3, 32)}}
-
-
-def _err(msg: str) -> int:
-    print(f"htsr: error: {msg}", file=sys.stderr)
-    return 2
 
 
 def _threads(n: int | None) -> None:
@@ -164,7 +151,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         tb = train_base(cfg, args.layers, epochs, batch_size=batch, seed=args.seed, device=args.device)
         save_testbed(out, tb.model, tb.optimizer, _extra(tb, cfg))
     except (HtsrError, ValueError, OSError) as e:
-        return _err(str(e))
+        return error(str(e))
     _print_measurement(tb.measurement, False)
     print(f"wrote {out} (trained {epochs} epochs in {tb.train_time_s:.1f} s)", file=sys.stderr)
     return 0
@@ -192,7 +179,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
         model, _, _, _, data = _load(args.checkpoint)
         m = measure(model, data, include_pad=args.include_pad)
     except (HtsrError, ValueError, OSError) as e:
-        return _err(str(e))
+        return error(str(e))
     _print_measurement(m, args.json)
     return 0
 
@@ -241,7 +228,7 @@ def cmd_mitigate(args: argparse.Namespace) -> int:
         save_testbed(out, new, None, new_extra)
         write_json(out / "mitigation.json", row)
     except (HtsrError, ValueError, OSError, KeyError) as e:
-        return _err(str(e))
+        return error(str(e))
     print(f"{args.method}: % memorized {row['mem_before']:.2f} -> {row['mem_after']:.2f}, mean accuracy "
           f"{row['acc_before']:.2f} -> {row['acc_after']:.2f} ({row['time_s']:.1f} s)")
     print(f"wrote {out}", file=sys.stderr)
@@ -314,7 +301,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         write_json(out / "run.json", {"config": cfg.to_dict(), "layers": args.layers, "epochs": epochs,
                                       "batch_size": batch, "total_time_s": total, "methods": methods, "hp": hp})
     except (HtsrError, ValueError, OSError) as e:
-        return _err(str(e))
+        return error(str(e))
     print(md)
     print(f"total {total:.1f} s; wrote {out}", file=sys.stderr)
     return 0

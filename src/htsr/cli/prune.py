@@ -11,6 +11,8 @@ import json
 import sys
 from typing import Any
 
+from htsr.cli.common import error
+
 DTYPES = {"auto": None, "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
 
@@ -86,11 +88,6 @@ def register(subparsers: Any) -> None:
     q.set_defaults(func=cmd_perplexity)
 
 
-def _err(msg: str) -> int:
-    print(f"htsr: error: {msg}", file=sys.stderr)
-    return 2
-
-
 def _default_seqlen(model: Any) -> int:
     from htsr.pruning.models import _n_positions
 
@@ -108,7 +105,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     out_format = getattr(args, "out_format", "hf")
     try:
         if args.sparsity is None and args.nm is None:
-            return _err("--sparsity is required (or --nm N:M)")
+            return error("--sparsity is required (or --nm N:M)")
         if backend == "llmcompressor" or out_format == "compressed-tensors":  # missing extras fail before loading
             from htsr.pruning.backends import require
 
@@ -122,7 +119,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if args.allocation is None:
             args.allocation = "uniform" if args.nm is not None else "alpha"
         if args.nsamples < 1:
-            return _err("--nsamples must be >= 1")
+            return error("--nsamples must be >= 1")
         text = E.read_text(args.calibration) if args.calibration else None
         model = load_model(args.model_dir, _dtype(args.dtype)).to(args.device)
         ids = tok = None
@@ -131,7 +128,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
             seqlen = args.seqlen or _default_seqlen(model)
             ids = E.calibration_windows(E.tokenize(tok, text), args.nsamples, seqlen, args.seed)
         elif args.pruner != "magnitude" or args.allocation == "owl":
-            return _err(f"--calibration TEXTFILE is needed by pruner {args.pruner!r} / allocation {args.allocation!r}")
+            return error(f"--calibration TEXTFILE is needed by pruner {args.pruner!r} / allocation {args.allocation!r}")
         kw = dict(nm=args.nm, metric=args.metric, mapping=args.mapping, max_ratio=args.max_ratio,
                   owl_lambda=args.owl_lambda, owl_m=args.owl_m)
         if backend == "llmcompressor":
@@ -152,7 +149,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         else:
             out = save_pruned(model.to("cpu"), args.out, report, source_dir=args.model_dir, overwrite=args.overwrite)
     except (HtsrError, ValueError, OSError) as e:
-        return _err(str(e))
+        return error(str(e))
     print(f"pruned {len(report.layers)} layers: target sparsity {report.target_sparsity:.4f}, "
           f"achieved {report.achieved_sparsity:.4f} ({report.settings['pruner']}, {report.settings['allocation']}"
           + (", llmcompressor)" if backend == "llmcompressor" else ")"))
@@ -174,7 +171,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
         ids = E.tokenize(tok, text)
         ppl = E.perplexity(model, ids, seqlen)
     except (HtsrError, ValueError, OSError) as e:
-        return _err(str(e))
+        return error(str(e))
     n = ids.numel() // seqlen
     if args.json:
         print(json.dumps({"perplexity": ppl, "windows": n, "seqlen": seqlen, "tokens": n * seqlen}))

@@ -17,16 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
-def _kv(s: str) -> tuple[str, Any]:
-    if "=" not in s:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {s!r}")
-    k, v = s.split("=", 1)
-    try:
-        val: Any = json.loads(v)
-    except json.JSONDecodeError:
-        val = v
-    return k.strip(), val
+from htsr.cli.common import error, key_value
 
 
 def register(subparsers: Any) -> None:
@@ -39,7 +30,7 @@ def register(subparsers: Any) -> None:
     sub = p.add_subparsers(dest="tb_command", required=True)
 
     def common(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--set", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+        q.add_argument("--set", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                        help="override a recipe option, e.g. --set epochs=5 --set s_max=1.25 (repeatable)")
         q.add_argument("--threads", type=int, default=1, help="torch/BLAS threads (default 1: shared machines)")
 
@@ -68,11 +59,6 @@ def register(subparsers: Any) -> None:
     s.set_defaults(func=cmd_report)
 
 
-def _err(msg: str) -> int:
-    print(f"htsr: error: {msg}", file=sys.stderr)
-    return 2
-
-
 def _threads(n: int) -> None:
     import torch
     from threadpoolctl import threadpool_limits
@@ -93,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         recipe = get_recipe(args.recipe, **dict(args.set))
         metrics, details = recipe.run(args.method, args.fraction, args.seed)
     except (HtsrError, ValueError) as e:
-        return _err(str(e))
+        return error(str(e))
     print(json.dumps({"recipe": args.recipe, "method": args.method, "fraction": args.fraction, "seed": args.seed,
                       **metrics}, indent=2, default=float))
     if args.json:
@@ -119,7 +105,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         table = run_comparison(recipe, args.out, fractions=tuple(args.fractions) if args.fractions else None,
                                seeds=tuple(args.seeds), methods=tuple(args.methods), progress=args.progress)
     except (HtsrError, ValueError, OSError) as e:
-        return _err(str(e))
+        return error(str(e))
     code = _report(Path(args.out))
     if "status" in table.columns and (table["status"] != "ok").any():
         print("htsr: some cells failed; see the 'error' column of results.csv (re-run to retry)", file=sys.stderr)
@@ -130,7 +116,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not (out / "results.csv").is_file():
-        return _err(f"{out} has no results.csv (run 'htsr tempbalance compare' first)")
+        return error(f"{out} has no results.csv (run 'htsr tempbalance compare' first)")
     return _report(out)
 
 
@@ -186,7 +172,7 @@ def _report(out: Path) -> int:
     store = ResultStore(out)
     table = store.table()
     if table.empty:
-        return _err(f"{out}/results.csv holds no rows")
+        return error(f"{out}/results.csv holds no rows")
     ok = table[table["status"] == "ok"] if "status" in table.columns else table
     for name in sorted(ok["recipe"].unique()):
         cls = RECIPES[name]

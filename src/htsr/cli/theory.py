@@ -12,6 +12,8 @@ import argparse
 import sys
 from typing import Any
 
+from htsr.cli.common import error
+
 QUICK = {"n": 400, "n_test": 100, "d": 200, "h": 300}
 TABLE_COLUMNS = ("optimizer", "lr", "n_runs", "alpha_hill", "alpha_ks", "alignment", "kta", "ridge_train_loss",
                  "ridge_test_loss", "spike_ratio", "spike_step", "tail_step", "time_s")
@@ -72,11 +74,6 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=cmd_single_index)
 
 
-def _err(msg: str) -> int:
-    print(f"htsr: error: {msg}", file=sys.stderr)
-    return 2
-
-
 def _format(summary) -> str:
     import pandas as pd
 
@@ -109,14 +106,14 @@ def cmd_single_index(args: argparse.Namespace) -> int:
         changes["feature_scaling"] = "reference"
     if args.threads is not None:
         if args.threads < 1:
-            return _err(f"--threads must be >= 1, got {args.threads}")
+            return error(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     try:
         base = SingleIndexConfig(**changes)
         t0 = time.perf_counter()
         res = sweep(base, args.optimizers, args.lrs or LR_GRID, args.repeats, progress=args.progress)
     except (HtsrError, ValueError) as e:
-        return _err(str(e))
+        return error(str(e))
     wall = time.perf_counter() - t0
     summary = res.summary()
     print(_format(summary))
