@@ -121,7 +121,8 @@ def run_htsr(model, batch, seed: int, what: str):
     if what == "hutchinson":
         r = hessian_trace(obj, seed=seed)
     else:
-        r = hessian_trace(obj, method="hutch++", num_matvecs=30, seed=seed)
+        budget = int(what.split("@")[1]) if "@" in what else 30
+        r = hessian_trace(obj, method="hutch++", num_matvecs=budget, seed=seed)
     return float(r.trace), r.n_matvecs
 
 
@@ -198,6 +199,8 @@ def main() -> int:
     ap.add_argument("--weights", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--memory-only", action="store_true", help="only the peak-RSS comparison")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda: where both libraries run")
+    ap.add_argument("--hutchpp-budgets", default="",
+                    help="extra Hutch++ product budgets to time, e.g. 12,15,21 (the equal-accuracy comparison)")
     args = ap.parse_args()
     try:
         import pyhessian  # noqa: F401
@@ -229,6 +232,8 @@ def main() -> int:
     rows = {}
     cases = [("pyhessian", "eig"), ("htsr", "eig"), ("pyhessian", "trace"), ("htsr", "hutchinson"),
              ("htsr", "hutch++")]
+    extra = [int(b) for b in args.hutchpp_budgets.split(",") if b.strip()]
+    cases += [("htsr", f"hutch++@{b}") for b in extra]
     for s in range(args.repeats):  # interleaved, so that load changes hit every method alike
         for lib, what in cases:
             fn = run_pyhessian if lib == "pyhessian" else run_htsr
@@ -245,7 +250,7 @@ def main() -> int:
               f"{(np.mean(ns) if ns else float('nan')):10.1f}")
     print("\nspeed-up (PyHessian median time / htsr median time):")
     for a, b in (("pyhessian:eig", "htsr:eig"), ("pyhessian:trace", "htsr:hutchinson"),
-                 ("pyhessian:trace", "htsr:hutch++")):
+                 ("pyhessian:trace", "htsr:hutch++"), *(("pyhessian:trace", f"htsr:hutch++@{b}") for b in extra)):
         print(f"  {b:18s} vs {a:16s}: {summary[a][0] / summary[b][0]:.2f}x faster; error ratio "
               f"{summary[b][1] / summary[a][1]:.2f} (< 1: more accurate)")
     c = hvp_cost(model, batch)

@@ -329,6 +329,12 @@ def test_cli_hessian_on_the_recipe_and_bad_input(tmp_path, capsys):
     assert main(["landscape", "hessian", "--weights", str(w), "--samples", "64", "--out", str(out2)]) == 0
     r2 = json.loads(out2.read_text())
     assert r2["eigenvalues"] == r["eigenvalues"] and r2["trace"] == r["trace"]
+    out3 = tmp_path / "h3.json"
+    assert main(["landscape", "hessian", "--weights", str(w), "--samples", "64", "--trace-method", "hutch++",
+                 "--trace-matvecs", "12", "--out", str(out3)]) == 0
+    r3 = json.loads(out3.read_text())
+    assert r3["trace_method"] == "hutch++" and r3["trace_matvecs"] == 12
+    assert abs(r3["trace"] - r["trace"]) < 0.5 * abs(r["trace"])
     capsys.readouterr()
     assert main(["landscape", "hessian", "--weights", str(tmp_path / "missing.safetensors")]) == 2
     assert "expected an existing .safetensors" in capsys.readouterr().err
