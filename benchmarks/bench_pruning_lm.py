@@ -51,6 +51,7 @@ def main() -> None:
     base = perplexity(dense, te, seqlen, batch_size=32)
     print(f"dense held-out perplexity {base:.4f} ({time.perf_counter() - t:.1f} s)", flush=True)
     rows = []
+    shown = False
     for pruner in a.pruners.split(","):
         for alloc in a.allocations.split(","):
             for s in (float(x) for x in a.sparsities.split(",")):
@@ -65,6 +66,14 @@ def main() -> None:
                              "prune_s": prune_s})
                 print(f"{pruner:9s} {alloc:8s} {s:.2f}: ppl {ppl:10.4f} achieved {rep.achieved_sparsity:.4f} "
                       f"layers [{min(tg):.3f}, {max(tg):.3f}] {prune_s:.1f} s", flush=True)
+                if alloc == "alpha" and not shown:  # which blocks the metric calls least trained
+                    shown = True
+                    blocks: dict[int, list] = {}
+                    for r in rep.layers:
+                        blocks.setdefault(r["block"], []).append((r["metric"], r["target_sparsity"]))
+                    print("block: mean alpha -> target sparsity at "
+                          f"{s:.2f}: " + "; ".join(f"{k}: {sum(m for m, _ in v) / len(v):.3f} -> {v[0][1]:.3f}"
+                                                    for k, v in sorted(blocks.items())), flush=True)
                 del model
     sps = sorted({r["sparsity"] for r in rows})
     allocs = a.allocations.split(",")
