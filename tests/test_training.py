@@ -127,3 +127,17 @@ def test_checkpoint_roundtrip_resumes_identically(tmp_path, torch_one_thread):
     for a, b in zip(model.parameters(), model2.parameters(), strict=True):
         assert torch.equal(a, b)
     assert evaluate(model, data)["loss"] == evaluate(model2, data)["loss"]
+
+
+def test_seeded_loader_order_is_fixed_by_its_seed_and_leaves_the_global_rng_alone():
+    from htsr.training import seeded_loader
+
+    x, y = torch.arange(40.0).reshape(20, 2), torch.arange(20)
+    state = torch.random.get_rng_state()
+    a = [b[1].tolist() for b in seeded_loader(x, y, 6, seed=3)]
+    b = [b[1].tolist() for b in seeded_loader(x, y, 6, seed=3)]
+    c = [b[1].tolist() for b in seeded_loader(x, y, 6, seed=4)]
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert a == b and a != c
+    assert sorted(sum(a, [])) == list(range(20)) and [len(v) for v in a] == [6, 6, 6, 2]
+    assert [v for batch in seeded_loader(x, y, 6, seed=3, shuffle=False) for v in batch[1].tolist()] == list(range(20))

@@ -36,6 +36,18 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Pat
     return path
 
 
+def save_png(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Write a matplotlib ``Figure`` as a PNG atomically and clear it. An Agg canvas is attached explicitly:
+    no pyplot, no global backend, no figure left registered anywhere."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+    finally:
+        fig.clear()
+
+
 def _jsonable(v: Any) -> Any:
     if isinstance(v, dict):
         return {str(k): _jsonable(x) for k, x in v.items()}

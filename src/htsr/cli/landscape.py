@@ -39,7 +39,7 @@ def recipe_model(seed: int, epochs: int = 3, weights: str | None = None) -> Any:
     from ``weights`` (a safetensors file of this architecture)."""
     import torch
 
-    from htsr.training import train
+    from htsr.training import seeded_loader, train
 
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the global RNG
         torch.manual_seed(seed)
@@ -48,9 +48,8 @@ def recipe_model(seed: int, epochs: int = 3, weights: str | None = None) -> Any:
         _load_weights(model, weights)
         return model.eval()
     x, y, _, _ = digits_data()
-    ds = torch.utils.data.TensorDataset(x, y)
-    dl = torch.utils.data.DataLoader(ds, batch_size=50, shuffle=True, generator=torch.Generator().manual_seed(seed))
-    train(model, dl, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), epochs=epochs, progress=False)
+    train(model, seeded_loader(x, y, 50, seed), torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
+          epochs=epochs, progress=False)
     return model.eval()
 
 
@@ -274,12 +273,12 @@ def cmd_surface(args: argparse.Namespace) -> int:
 
 def cmd_connect(args: argparse.Namespace) -> int:
     """Run ``htsr landscape connect``."""
-    import torch
 
     from htsr.errors import HtsrError
     from htsr.io import write_json
     from htsr.landscape.objective import LandscapeError
     from htsr.landscape.paths import evaluate_curve, linear_path, train_bezier
+    from htsr.training import seeded_loader
 
     msg = _check_common(args)
     if msg:
@@ -293,9 +292,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
     except (HtsrError, ValueError, OSError) as e:
         return error(str(e))
     x, y, _, _ = digits_data()
-    ds = torch.utils.data.TensorDataset(x, y)
-    train_dl = torch.utils.data.DataLoader(ds, batch_size=50, shuffle=True,
-                                           generator=torch.Generator().manual_seed(args.seed))
+    train_dl = seeded_loader(x, y, 50, args.seed)
     eval_dl = [(x[i: i + 100], y[i: i + 100]) for i in range(0, args.samples, 100)]
     results, out = [], {}
     try:

@@ -8,6 +8,7 @@ paper's Table B. Importing this package is cheap: the submodules load on first u
 
 from __future__ import annotations
 
+from htsr._lazy import lazy_exports
 from htsr.diagnosis.errors import DiagnosisError
 
 _WHERE = {
@@ -29,10 +30,4 @@ _WHERE = {
 
 __all__ = ["DiagnosisError", *_WHERE]
 
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        import importlib
-
-        return getattr(importlib.import_module(f"htsr.diagnosis.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'htsr.diagnosis' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _WHERE)

@@ -161,14 +161,6 @@ def _model(config: PopulationConfig, width: int, seed: int):
     return make_vision_model(config.arch, width=int(width), seed=int(seed))
 
 
-def _loader(x, y, batch_size: int, seed: int):
-    import torch
-
-    ds = torch.utils.data.TensorDataset(x, y)
-    return torch.utils.data.DataLoader(ds, batch_size=int(batch_size), shuffle=True,
-                                       generator=torch.Generator().manual_seed(int(seed)))
-
-
 def _hessian_batch(config: PopulationConfig, x, y, seed: int):
     import torch
 
@@ -224,12 +216,13 @@ def pair_features(models: Sequence[Any], x, y, config: PopulationConfig, seed: i
     CKA on mixup training inputs."""
     from htsr.landscape.cka import compare_models
     from htsr.landscape.paths import PEAK_T, evaluate_curve, train_bezier
+    from htsr.training import seeded_loader
 
     if len(models) < 2:
         raise DiagnosisError(f"the connectivity feature needs two models trained the same way (two seeds); got "
                              f"{len(models)}")
     a, b = models[0], models[1]
-    curve, _ = train_bezier(a, b, _loader(x, y, config.curve_batch_size, seed), epochs=config.curve_epochs,
+    curve, _ = train_bezier(a, b, seeded_loader(x, y, config.curve_batch_size, seed), epochs=config.curve_epochs,
                             lr=config.curve_lr, seed=seed, progress=False)
     path = evaluate_curve(curve, (x, y), ts=(0.0, *PEAK_T, 1.0))
     m = path.metrics()
@@ -254,7 +247,7 @@ def configuration_features(config: PopulationConfig, width: int, bs: int, data: 
     checkpoint folder ``model_dir/seed<k>``."""
     import torch
 
-    from htsr.training import evaluate, save_checkpoint, train
+    from htsr.training import evaluate, save_checkpoint, seeded_loader, train
 
     t0 = time.perf_counter()
     xtr, ytr, xte, yte = _data(config, data)
@@ -263,7 +256,7 @@ def configuration_features(config: PopulationConfig, width: int, bs: int, data: 
         model = _model(config, width, seed)
         opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                               weight_decay=config.weight_decay)
-        res = train(model, _loader(xtr, ytr, bs, seed), opt, epochs=config.epochs, progress=False)
+        res = train(model, seeded_loader(xtr, ytr, bs, seed), opt, epochs=config.epochs, progress=False)
         model.eval()
         te = evaluate(model, [(xte, yte)])
         f = model_features(model, xtr, ytr, config, seed=seed)

@@ -6,6 +6,8 @@ CKA, sharpness and SAM. Everything evaluates an :class:`~htsr.landscape.objectiv
 
 from __future__ import annotations
 
+from htsr._lazy import lazy_exports
+
 _WHERE = {
     "Objective": "objective", "LandscapeError": "objective", "reestimate_bn": "objective",
     "check_same_architecture": "objective",
@@ -27,10 +29,4 @@ _WHERE = {
 
 __all__ = sorted(_WHERE)
 
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        import importlib
-
-        return getattr(importlib.import_module(f"htsr.landscape.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'htsr.landscape' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _WHERE)

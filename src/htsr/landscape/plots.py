@@ -10,10 +10,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from htsr.io import atomic_write
+from htsr.io import save_png
 from htsr.landscape.hessian import DensityResult
 from htsr.landscape.paths import PathResult
 from htsr.landscape.surfaces import Surface1D, Surface2D
@@ -24,11 +23,7 @@ DPI = 100
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    FigureCanvasAgg(fig)
-    try:
-        return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
-    finally:
-        fig.clear()
+    return save_png(fig, path, DPI)
 
 
 def _metric(s: Surface1D | Surface2D, metric: str) -> np.ndarray:

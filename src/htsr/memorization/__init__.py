@@ -7,6 +7,8 @@ metrics (:mod:`.metrics`), regularizers (:mod:`.regularizers`), fine-tuning (:mo
 
 from __future__ import annotations
 
+from htsr._lazy import lazy_exports
+
 _EXPORTS = {
     "TinyMemConfig": "data", "TinyMemData": "data", "make_math_data": "data", "make_language_data": "data",
     "preset_config": "data", "PRESETS": "data",
@@ -21,10 +23,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f"htsr.memorization.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'htsr.memorization' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

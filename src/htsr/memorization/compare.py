@@ -197,13 +197,11 @@ def run_comparison(base: Testbed, methods: Sequence[str] = ALL_METHODS, *, hp: d
 
 def plot_comparison(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:
     """PNG scatter: % memorized (after) vs mean accuracy (after), one labelled point per method."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from htsr.io import atomic_write
+    from htsr.io import save_png
 
     fig = Figure(figsize=(7.5, 5.5), dpi=100)
-    FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     colors = {"base": "black", "regularizer": "#1f77b4", "fine-tuning": "#2ca02c", "unlearning": "#d62728"}
     for fam, sub in table.dropna(subset=["mem_after", "acc_after"]).groupby("family"):
@@ -217,9 +215,7 @@ def plot_comparison(table: pd.DataFrame, path: str | Path, title: str = "") -> P
     ax.set_title(title or "TinyMem: memorization vs accuracy per method")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    out = Path(path)
-    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png"))
-    return out
+    return save_png(fig, path)
 
 
 def markdown_table(table: pd.DataFrame) -> str:

@@ -7,6 +7,7 @@ this package is cheap: the submodules (and torch/transformers) load on first use
 
 from __future__ import annotations
 
+from htsr._lazy import lazy_exports
 from htsr.pruning.errors import PruningError
 
 __all__ = ["PruningError", "alpha_allocation", "owl_allocation", "uniform_allocation", "prune_model", "save_pruned",
@@ -20,10 +21,4 @@ _WHERE = {
     "prune_with_llmcompressor": "backends.llmcompressor", "export_compressed_tensors": "export",
 }
 
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        import importlib
-
-        return getattr(importlib.import_module(f"htsr.pruning.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'htsr.pruning' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _WHERE)

@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from htsr.io import atomic_write
+from htsr.io import save_png
 
 if TYPE_CHECKING:
     from htsr.spectra.analysis import Analysis
@@ -103,12 +102,8 @@ def _log_ticks(ax: Any, lo: float, hi: float) -> None:
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
 
 
-def _save(fig: Figure, path: Path) -> Path:
-    FigureCanvasAgg(fig)  # attach an Agg canvas explicitly; no pyplot, no global backend
-    try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
-    finally:
-        fig.clear()
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    return save_png(fig, path, DPI)
 
 
 def _short_names(names: list[str], max_chars: int = 32) -> list[str]:

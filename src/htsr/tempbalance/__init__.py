@@ -9,6 +9,8 @@ first use, so importing this package is cheap.
 
 from __future__ import annotations
 
+from htsr._lazy import lazy_exports
+
 __all__ = ["TempBalance", "TempBalanceCallback", "TempBalanceError", "MAPPINGS", "linear_map", "rank_map",
            "sqrt_map", "log2_map", "sigmoid_map", "get_mapping", "tempbalance_optimizers", "TempBalanceHFCallback",
            "RECIPES", "run_cell", "run_comparison"]
@@ -21,10 +23,4 @@ _WHERE = {
     "RECIPES": "recipes", "run_cell": "recipes", "run_comparison": "recipes",
 }
 
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        import importlib
-
-        return getattr(importlib.import_module(f"htsr.tempbalance.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'htsr.tempbalance' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _WHERE)

@@ -5,22 +5,21 @@ matplotlib's object-oriented API on an explicit Agg canvas (no pyplot state); fi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from htsr.errors import ConfigError
-from htsr.io import atomic_write
+from htsr.io import save_png
 
 DPI = 100
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
-    FigureCanvasAgg(fig)
-    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    return save_png(fig, path, DPI)
 
 
 def plot_trajectories(history: pd.DataFrame, path: str | Path, title: str = "TempBalance") -> Path:

@@ -30,11 +30,10 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from htsr.errors import ConfigError
 from htsr.tempbalance.scheduler import TempBalance, TempBalanceCallback
-from htsr.training import train
+from htsr.training import seeded_loader, train
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +135,7 @@ class DigitsRecipe(Recipe):
         from htsr.training import evaluate
 
         xtr, ytr, xte, yte = digits_split(fraction, seed, test_size=self.test_size)
-        loader = DataLoader(TensorDataset(xtr, ytr), batch_size=self.batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(seed))
+        loader = seeded_loader(xtr, ytr, self.batch_size, seed)
         model = make_vision_model(self.arch, width=self.width, seed=seed)
         opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum,
                               weight_decay=self.weight_decay)
@@ -250,8 +248,7 @@ class BurgersRecipe(Recipe):
 
         xtr, ytr, xte, yte = burgers_split(fraction, seed, n_pool=self.n_pool, n_test=self.n_test,
                                            n_grid=self.n_grid, solver_grid=self.solver_grid, nu=self.nu)
-        loader = DataLoader(TensorDataset(xtr, ytr), batch_size=self.batch_size, shuffle=True,
-                            generator=torch.Generator().manual_seed(seed))
+        loader = seeded_loader(xtr, ytr, self.batch_size, seed)
         model = make_fno(modes=self.modes, width=self.width, seed=seed)
         opt = torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         epochs = epochs_for(self.epochs, self.min_steps, len(loader))

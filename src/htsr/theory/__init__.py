@@ -6,6 +6,8 @@ optimiser x learning-rate x repeat grid (``from htsr.theory.sweep import sweep``
 
 from __future__ import annotations
 
+from htsr._lazy import lazy_exports
+
 __all__ = ["SingleIndexConfig", "SingleIndexRun", "run_single_index", "make_data", "TwoLayerStudent",
            "kernel_target_alignment", "ridge_refit", "teacher_alignment", "features", "spectrum_metrics",
            "SweepResult", "LR_GRID", "plot_esds", "plot_metrics_vs_lr", "plot_steps"]
@@ -19,10 +21,4 @@ _WHERE = {
     "plot_esds": "plots", "plot_metrics_vs_lr": "plots", "plot_steps": "plots",
 }
 
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        import importlib
-
-        return getattr(importlib.import_module(f"htsr.theory.{_WHERE[name]}"), name)
-    raise AttributeError(f"module 'htsr.theory' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _WHERE)

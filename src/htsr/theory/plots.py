@@ -15,11 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from htsr.errors import ConfigError
-from htsr.io import atomic_write
+from htsr.io import save_png
 from htsr.spectra.powerlaw import fit_power_law
 
 DPI = 100
@@ -30,11 +29,7 @@ DEFAULT_ESD_LRS: dict[str, tuple[float, ...]] = {"gd": (1.0, 2000.0, 3000.0), "a
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    FigureCanvasAgg(fig)
-    try:
-        return atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
-    finally:
-        fig.clear()
+    return save_png(fig, path, DPI)
 
 
 def _choose(available: Sequence[float], wanted: Sequence[float] | None, opt: str) -> list[float]:

@@ -112,6 +112,15 @@ def default_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     return nn.functional.mse_loss(out, y.to(out.dtype))
 
 
+def seeded_loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int,
+                  shuffle: bool = True) -> torch.utils.data.DataLoader:
+    """A DataLoader over ``(x[i], y[i])`` pairs whose shuffling order is fixed by ``seed`` (its own generator,
+    the global RNG untouched), so that a training run is reproducible."""
+    ds = torch.utils.data.TensorDataset(x, y)
+    return torch.utils.data.DataLoader(ds, batch_size=int(batch_size), shuffle=shuffle,
+                                       generator=torch.Generator().manual_seed(int(seed)))
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Iterable[Any], loss_fn: LossFn | None = None,
              device: str | torch.device | None = None) -> dict[str, float]:
