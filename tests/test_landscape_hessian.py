@@ -68,6 +68,9 @@ def test_hvp_matches_exact_hessian_single_batch_and_loader(case, request, exact)
     np.testing.assert_allclose(obj.hvp(v).numpy(), H @ v.numpy(), atol=1e-10)
     V = torch.randn(3, obj.dim, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     np.testing.assert_allclose(obj.hvp(V).numpy(), V.numpy() @ H, atol=1e-10)
+    one = obj.hvp(V[:1])  # a block of one keeps its (1, dim) shape
+    assert one.shape == (1, obj.dim)
+    np.testing.assert_allclose(one.numpy(), V[:1].numpy() @ H, atol=1e-10)
     # uneven batches weighted by size give the full-batch Hessian exactly
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=64)
     lobj = Objective(model, loader)

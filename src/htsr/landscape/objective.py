@@ -348,6 +348,8 @@ class Objective:
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
         """Hessian-vector product(s) of the mean loss: ``v`` is ``(dim,)`` or a block ``(k, dim)``."""
         v = v.to(self.device, self.dtype)
+        if v.ndim == 2 and v.shape[0] == 1:  # a block of one: the plain product (a vmapped batch of one cost
+            return self.hvp(v[0]).unsqueeze(0)  # 2.5x per product on an H100)
         block = v.ndim == 2
         out = torch.zeros_like(v)
         with self._mode():
