@@ -23,8 +23,7 @@ import numpy as np
 import pandas as pd
 
 import _common as C
-
-TASKS = {"temperature": "bs_failure", "width": "width_vs_batch", "data": "data_vs_batch"}
+from htsr.diagnosis.pipeline import _TASKS as TASKS  # the tasks an own population is fitted on
 
 
 def held_out_accuracy(labelled: pd.DataFrame, task: str, seed: int = 0) -> dict[str, float]:

@@ -31,7 +31,10 @@ def test_cka_between_two_models_and_one_model_with_itself(weights, tmp_path, cap
     assert res["cka"]["<output>"]["<output>"] < 1 - 1e-6  # two different seeds are not identical
     same = tmp_path / "same.csv"
     assert main(["landscape", "cka", "--weights", str(a), str(a), "--samples", "150", "--out", str(same)]) == 0
-    assert "1.0" in same.read_text()
+    import pandas as pd
+
+    t = pd.read_csv(same).set_index("layer_a")
+    assert t.loc["<output>", "<output>"] == pytest.approx(1.0)  # a model compared with itself
     assert "linear CKA" in capsys.readouterr().out
 
 
@@ -45,6 +48,20 @@ def test_sharpness_grows_with_radius(weights, tmp_path):
     assert 0 <= rows[0]["sharpness"] < rows[1]["sharpness"]
 
 
+def test_sample_counts_are_the_ones_asked_for(weights, tmp_path, capsys):
+    a, b = weights
+    out = tmp_path / "sh.json"
+    assert main(["landscape", "sharpness", "--weights", str(a), "--samples", "12", "--batch-size", "5",
+                 "--iters", "1", "--norm", "2", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["rows"][0]["n_batches"] == 3  # 5 + 5 + 2, every batch used
+    assert "(3 batches" in capsys.readouterr().out
+    out = tmp_path / "c.json"
+    assert main(["landscape", "connect", "--weights", str(a), str(b), "--samples", "150", "--curve", "linear",
+                 "--points", "3", "--out", str(out)]) == 0
+    errors = json.loads(out.read_text())["linear"]["error"]
+    assert all(round(e * 150) == pytest.approx(e * 150, abs=1e-9) for e in errors)  # fractions of 150 samples
+
+
 def test_bad_input(weights, tmp_path, capsys):
     a, _ = weights
     assert main(["landscape", "sharpness", "--weights", str(a), "--rho", "-1"]) == 2
@@ -52,4 +69,8 @@ def test_bad_input(weights, tmp_path, capsys):
     assert main(["landscape", "cka", "--weights", str(a), str(a), "--layers", "nope"]) == 2
     with pytest.raises(SystemExit):
         main(["landscape", "sharpness", "--norm", "3"])
+    assert main(["landscape", "hessian", "--weights", str(a), "--out", str(tmp_path / "h.csv")]) == 2  # JSON only
+    assert main(["landscape", "hessian", "--weights", str(a), "--plot", str(tmp_path)]) == 2  # needs --density
+    with pytest.raises(SystemExit):  # nothing to plot: no --plot option
+        main(["landscape", "cka", "--weights", str(a), str(a), "--plot", str(tmp_path)])
     capsys.readouterr()

@@ -222,6 +222,10 @@ def test_onsets_on_a_hand_made_history():
 def test_trainable_last_layer_and_step_lr_run():
     run = run_single_index(TINY.replace(fix_last_layer=False, lr_gamma=0.5, optimizer="gd", lr=5.0))
     assert run.history["student_train_loss"].iloc[-1] < run.history["student_train_loss"].iloc[0]
+    flat = run_single_index(TINY.replace(fix_last_layer=False, optimizer="gd", lr=5.0))
+    # the step decay really changes the trajectory (same start, different later losses)
+    assert run.history["student_train_loss"].iloc[0] == flat.history["student_train_loss"].iloc[0]
+    assert run.history["student_train_loss"].iloc[-1] != flat.history["student_train_loss"].iloc[-1]
 
 
 def test_data_for_another_size_is_refused():

@@ -77,18 +77,28 @@ def _save_weights(model: Any, path: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _common(p: argparse.ArgumentParser, *, csv: bool, plot: bool) -> None:
+    """Options every sub-command shares; ``--out`` takes .csv only where the result is a table, ``--plot`` exists
+    only where something is plotted."""
     p.add_argument("--seed", type=int, default=0, help="seed of the recipe training and of every estimator")
     p.add_argument("--epochs", type=int, default=3, help="recipe training epochs (default 3)")
     p.add_argument("--samples", type=int, default=200,
                    help="training samples the landscape is measured on (default 200, MD's Hessian batch)")
-    p.add_argument("--out", "-o", default=None, metavar="FILE", help="write results (.json; surfaces also .csv)")
-    p.add_argument("--plot", default=None, metavar="DIR", help="write PNG plots to DIR")
+    p.add_argument("--out", "-o", default=None, metavar="FILE",
+                   help="write results (.json" + (" or .csv)" if csv else ")"))
+    if plot:
+        p.add_argument("--plot", default=None, metavar="DIR", help="write PNG plots to DIR")
+    p.set_defaults(out_suffixes=(".json", ".csv") if csv else (".json",))
+
+
+def _chunks(x, y, n: int, batch_size: int) -> list[tuple[Any, Any]]:
+    """The first ``n`` samples as consecutive batches of at most ``batch_size``."""
+    return [(x[i: min(i + batch_size, n)], y[i: min(i + batch_size, n)]) for i in range(0, n, batch_size)]
 
 
 def register(subparsers: Any) -> None:
     """Add ``landscape`` with sub-commands ``hessian``, ``surface``, ``connect``, ``cka`` and ``sharpness``."""
-    top = subparsers.add_parser("landscape", help="Hessian spectra, loss surfaces and mode connectivity",
+    top = subparsers.add_parser("landscape", help="Hessian spectra, loss surfaces, mode connectivity, CKA, sharpness",
                                 description="Loss-landscape measurements on the built-in digits CNN recipe "
                                             "(or your safetensors weights for it).")
     sub = top.add_subparsers(dest="landscape_command", required=True)
@@ -104,7 +114,7 @@ def register(subparsers: Any) -> None:
     h.add_argument("--tol", type=float, default=1e-3, help="PyHessian's tol (default 1e-3)")
     h.add_argument("--density", action="store_true", help="also estimate the spectral density (SLQ)")
     h.add_argument("--save-weights", default=None, metavar="FILE", help="save the recipe model (.safetensors)")
-    _common(h)
+    _common(h, csv=False, plot=True)
     h.set_defaults(func=cmd_hessian)
 
     s = sub.add_parser("surface", help="1-D or 2-D loss/error surface along random filter-normalised directions")
@@ -114,7 +124,7 @@ def register(subparsers: Any) -> None:
     s.add_argument("--range", type=float, default=1.0, dest="extent", help="coordinates in [-R, R] (default 1)")
     s.add_argument("--keep-biasbn", action="store_true", help="move biases/BN parameters too (Li et al. copy)")
     s.add_argument("--bn", action="store_true", help="re-estimate BatchNorm statistics at each point")
-    _common(s)
+    _common(s, csv=True, plot=True)
     s.set_defaults(func=cmd_surface)
 
     c = sub.add_parser("connect", help="linear path and trained Bezier curve between two recipe models")
@@ -123,7 +133,7 @@ def register(subparsers: Any) -> None:
     c.add_argument("--curve", choices=["linear", "bezier", "both"], default="both")
     c.add_argument("--curve-epochs", type=int, default=10, help="Bezier training epochs (default 10)")
     c.add_argument("--points", type=int, default=5, help="evaluated t values (default 5: 0, .25, .5, .75, 1)")
-    _common(c)
+    _common(c, csv=False, plot=True)
     c.set_defaults(func=cmd_connect)
 
     k = sub.add_parser("cka", help="linear CKA between layers of two recipe models (seeds SEED and SEED+1)",
@@ -137,7 +147,7 @@ def register(subparsers: Any) -> None:
                    help="biased (default), debiased, or minibatch (Nguyen et al.) linear CKA")
     k.add_argument("--softmax", action="store_true",
                    help="softmax of the outputs before comparing (MD tree / TAX convention; hidden layers as they are)")
-    _common(k)
+    _common(k, csv=True, plot=False)
     k.set_defaults(func=cmd_cka)
 
     sh = sub.add_parser("sharpness", help="worst-case (adaptive) sharpness of a recipe model",
@@ -149,7 +159,7 @@ def register(subparsers: Any) -> None:
     sh.add_argument("--no-adaptive", action="store_true", help="plain (not weight-scaled) perturbations")
     sh.add_argument("--iters", type=int, default=20, help="Auto-PGD iterations per batch (default 20)")
     sh.add_argument("--batch-size", type=int, default=100, help="samples per batch (default 100)")
-    _common(sh)
+    _common(sh, csv=True, plot=False)
     sh.set_defaults(func=cmd_sharpness)
 
 
@@ -182,8 +192,8 @@ def _check_common(args: argparse.Namespace) -> str | None:
         return "--epochs must be >= 1"
     if not 1 <= args.samples <= 1500:
         return "--samples must be in [1, 1500]"
-    if args.out and Path(args.out).suffix.lower() not in (".json", ".csv"):
-        return f"--out {args.out}: expected a .json or .csv file"
+    if args.out and Path(args.out).suffix.lower() not in args.out_suffixes:
+        return f"--out {args.out}: expected a {' or '.join(args.out_suffixes)} file"
     return None
 
 
@@ -197,6 +207,8 @@ def cmd_hessian(args: argparse.Namespace) -> int:
     msg = _check_common(args)
     if msg:
         return error(msg)
+    if args.plot and not args.density:
+        return error("--plot draws the spectral density: add --density")
     try:
         model = recipe_model(args.seed, args.epochs, args.weights)
         if args.save_weights:
@@ -293,7 +305,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
         return error(str(e))
     x, y, _, _ = digits_data()
     train_dl = seeded_loader(x, y, 50, args.seed)
-    eval_dl = [(x[i: i + 100], y[i: i + 100]) for i in range(0, args.samples, 100)]
+    eval_dl = _chunks(x, y, args.samples, 100)
     results, out = [], {}
     try:
         if args.curve in ("linear", "both"):
@@ -340,8 +352,7 @@ def cmd_cka(args: argparse.Namespace) -> int:
         a = recipe_model(args.seed, args.epochs, ws[0])
         b = recipe_model(args.seed + 1, args.epochs, ws[1])
         x, y, _, _ = digits_data()
-        data = [(x[i: min(i + 100, args.samples)], y[i: min(i + 100, args.samples)])
-                for i in range(0, args.samples, 100)]
+        data = _chunks(x, y, args.samples, 100)
         if args.estimator == "minibatch":
             data = [d for d in data if d[0].shape[0] >= 4]
         soft = (lambda name, t: t.softmax(dim=-1) if name == "<output>" else t) if args.softmax else None
@@ -381,14 +392,13 @@ def cmd_sharpness(args: argparse.Namespace) -> int:
     try:
         model = recipe_model(args.seed, args.epochs, args.weights)
         x, y, _, _ = digits_data()
-        data = [(x[i: min(i + args.batch_size, args.samples)], y[i: min(i + args.batch_size, args.samples)])
-                for i in range(0, args.samples, args.batch_size)]
+        data = _chunks(x, y, args.samples, args.batch_size)
         table = sharpness_table(model, data, rhos=args.rho, ps=args.norm, adaptive=not args.no_adaptive,
-                                n_iters=args.iters, seed=args.seed, progress=False)
+                                n_iters=args.iters, seed=args.seed, max_batches=len(data), progress=False)
     except (HtsrError, ValueError, OSError) as e:
         return error(str(e))
     print(f"worst-case {'plain' if args.no_adaptive else 'adaptive'} sharpness on {args.samples} samples "
-          f"({len(data)} batches, {args.iters} Auto-PGD iterations):")
+          f"({int(table['n_batches'].iloc[0])} batches, {args.iters} Auto-PGD iterations):")
     print(table.round(5).to_string(index=False))
     try:
         if args.out:

@@ -39,7 +39,7 @@ import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 
 from htsr.diagnosis.errors import DiagnosisError
+from htsr.diagnosis.mdtree import TASK_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +289,7 @@ def configuration_features(config: PopulationConfig, width: int, bs: int, data: 
     }
     if "CKA" in pair:
         row["CKA"] = pair["CKA"]
-    details = {"per_seed": per_seed, "curve_t": [0.0, 0.25, 0.5, 0.75, 1.0], "curve_errors": pair["curve_errors"]}
+    details = {"per_seed": per_seed, "curve_t": [0.0, *_peak_t(), 1.0], "curve_errors": pair["curve_errors"]}
     return row, details
 
 
@@ -390,10 +391,16 @@ def load_population_dir(path: str | Path) -> tuple[pd.DataFrame, PopulationConfi
     return frame, config
 
 
+def _peak_t() -> tuple[float, ...]:
+    from htsr.landscape.paths import PEAK_T
+
+    return PEAK_T
+
+
 # ----------------------------------------------------------------------------- fitting and diagnosing
 
-#: task -> label column, tree class name
-_TASKS = {"temperature": "bs_failure", "width": "width_vs_batch", "data": "data_vs_batch"}
+#: task -> label column for the tasks diagnosed from an own population (the CKA variant is not fitted here)
+_TASKS = {t: TASK_LABELS[t] for t in ("temperature", "width", "data")}
 
 #: (task, predicted label) -> advice
 ADVICE: dict[tuple[str, str], str] = {
@@ -617,6 +624,3 @@ def diagnose(models: Sequence[Any], population: str | Path | tuple[pd.DataFrame,
     return Diagnosis(feats, pred, advice, notes)
 
 
-def replace_grid(config: PopulationConfig, **changes: Any) -> PopulationConfig:
-    """A copy of ``config`` with fields changed (``dataclasses.replace`` with validation)."""
-    return replace(config, **changes)

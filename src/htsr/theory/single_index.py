@@ -276,7 +276,10 @@ def teacher_alignment(W: torch.Tensor | np.ndarray, beta: torch.Tensor | np.ndar
     d = W.shape[1] if W.ndim == 2 else -1
     if b.shape[0] != d:
         raise ConfigError(f"W must be (h, d) and beta (d,); got {tuple(W.shape)} and {b.shape}")
-    v = top_right_singular_vector(W, v0)
+    return _alignment(top_right_singular_vector(W, v0), b)
+
+
+def _alignment(v: np.ndarray, b: np.ndarray) -> float:
     nb = float(np.linalg.norm(b))
     return abs(float(v @ b)) / nb if nb > 0 else math.nan
 
@@ -307,8 +310,7 @@ def measure(W: torch.Tensor, data: SingleIndexData, cfg: SingleIndexConfig,
     evals = eigenvalues(W)
     row = spectrum_metrics(evals, cfg.h, cfg.d)
     v1 = top_right_singular_vector(W, v0)
-    b = data.beta.to(torch.float64).numpy()
-    row["alignment"] = abs(float(v1 @ b)) / float(np.linalg.norm(b))
+    row["alignment"] = _alignment(v1, data.beta.to(torch.float64).numpy())
     Z = features(W, data.X_probe, cfg.feature_scaling)
     G = _gram(Z)
     row["kta"] = kernel_target_alignment(Z, data.y_probe, G)
