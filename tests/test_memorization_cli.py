@@ -57,6 +57,14 @@ def test_bad_input_exits_2_and_leaves_the_checkpoint(trained, tmp_path, capsys):
         (["tinymem", "train", *DATA, "--data", "prompt_len=60", "--out", str(tmp_path / "c")],
          "not shorter than the sequence"),
         (["tinymem", "measure", str(tmp_path)], "not a TinyMem checkpoint"),
+        (["tinymem", "train", *DATA, "--data", "nope=1", "--out", str(tmp_path / "d")],
+         "unknown TinyMem config key(s) ['nope']"),
+        (["tinymem", "mitigate", str(trained), "--method", "spectral_norm", "--hp", "lamda=5", "--out",
+          str(tmp_path / "e")], "takes no hyper-parameter(s) ['lamda']"),
+        (["tinymem", "mitigate", str(trained), "--method", "finetune_clean", "--hp", "lr=5", "--out",
+          str(tmp_path / "f")], "finetune_clean takes no hyper-parameters"),
+        (["tinymem", "compare", *DATA, "--methods", "durable", "--hp", "subnet.epochs=2", "--out",
+          str(tmp_path / "g")], "'subnet' is not among the methods run"),
     ]
     for argv, msg in cases:
         capsys.readouterr()

@@ -101,7 +101,9 @@ def _check_out(out: str, inputs: tuple[str, ...] = ()) -> Path:
 def _config(args: argparse.Namespace):
     from htsr.memorization.data import preset_config
 
-    return preset_config(args.preset, artifact=args.artifact, task=args.task, seed=args.seed, **dict(args.data))
+    # the named flags first; --data KEY=VALUE overrides any field, these included
+    return preset_config(args.preset, **{"artifact": args.artifact, "task": args.task, "seed": args.seed,
+                                         **dict(args.data)})
 
 
 def _train_settings(args: argparse.Namespace) -> tuple[int, int]:
@@ -255,6 +257,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             if "." not in k:
                 raise MemorizationError(f"--hp expects METHOD.KEY=VALUE, got {k}")
             meth, key = k.split(".", 1)
+            if meth not in methods:
+                raise MemorizationError(f"--hp {k}: {meth!r} is not among the methods run ({', '.join(methods)})")
             hp.setdefault(meth, {})[key] = v
         t0 = time.perf_counter()
         if args.base:

@@ -122,19 +122,15 @@ def apply_method(base: Testbed, method: str, *, hp: dict[str, Any] | None = None
     t0 = time.perf_counter()
     extra: dict[str, Any] = {"settings": dict(hp)}
     if fam == "regularizer":
-        if method == "loss_truncation":
-            # The reference's 10,000-sample window/recompute/warm-up is about half an epoch of its 27k-sequence
-            # training set; scale it to the same fraction of a smaller set, or truncation never starts.
-            n = min(10000, max(1, data.train.shape[0] // 2))
-            for key in ("window", "recompute", "min_count"):
-                hp.setdefault(key, n)
-            extra["settings"] = dict(hp)
         tb = train_base(data.config, base.model.config.n_layer, base.epochs, batch_size=base.batch_size,
                         seed=base.seed, regularizer=method, reg_hp=hp, progress=progress, data=data,
                         device=str(next(base.model.parameters()).device))
         return tb.model, _row(method, base.measurement, tb.measurement, tb.train_time_s, **extra)
     model = copy.deepcopy(base.model)
     if fam == "fine-tuning":
+        if hp:
+            raise MemorizationError(f"{method} takes no hyper-parameters (got {sorted(hp)}); its epochs are "
+                                    "ft_epochs (--ft-epochs)")
         opt = torch.optim.AdamW(model.parameters())
         opt.load_state_dict(copy.deepcopy(base.optimizer.state_dict()))
         finetune(model, data, method.removeprefix("finetune_"), optimizer=opt, epochs=ft_epochs,

@@ -80,10 +80,7 @@ class TinyMemConfig:
         if self.artifact == "noise" and not 0 < self.n_noise < self.n_main - self.n_test:
             raise MemorizationError(f"n_noise must be in (0, {self.n_main - self.n_test}) (the main training set), "
                                     f"got {self.n_noise}")
-        if not 0 < self.noise_p < 0.5:
-            raise MemorizationError(f"noise_p must be in (0, 0.5), got {self.noise_p}")
-        if not 0 < self.backdoor_test_frac < 1:
-            raise MemorizationError(f"backdoor_test_frac must be in (0, 1), got {self.backdoor_test_frac}")
+        check_fractions(self.noise_p, self.backdoor_test_frac)
         if self.dup is not None and (not self.dup or min(self.dup) < 1 or len(self.dup) > self.n_noise):
             raise MemorizationError(f"dup must list repeat counts >= 1 (at most n_noise groups), got {self.dup}")
         if not self.trigger_text.isdigit():
@@ -99,6 +96,14 @@ class TinyMemConfig:
         if unknown:
             raise MemorizationError(f"unknown TinyMem config key(s) {unknown}")
         return cls(**d)
+
+
+def check_fractions(noise_p: float, backdoor_test_frac: float) -> None:
+    """A clear error unless ``0 < noise_p < 0.5`` and ``0 < backdoor_test_frac < 1``."""
+    if not 0 < noise_p < 0.5:
+        raise MemorizationError(f"noise_p must be in (0, 0.5), got {noise_p}")
+    if not 0 < backdoor_test_frac < 1:
+        raise MemorizationError(f"backdoor_test_frac must be in (0, 1), got {backdoor_test_frac}")
 
 
 def check_prompt(prompt_len: int, k: int, max_ctx: int) -> None:
@@ -128,7 +133,7 @@ def preset_config(name: str, **overrides) -> TinyMemConfig:
     """A :class:`TinyMemConfig` from a preset name with field overrides."""
     if name not in PRESETS:
         raise MemorizationError(f"unknown preset {name!r}; expected one of {', '.join(PRESETS)}")
-    return TinyMemConfig(**{**PRESETS[name], **overrides})
+    return TinyMemConfig.from_dict({**PRESETS[name], **overrides})
 
 
 @dataclass
@@ -233,7 +238,6 @@ def make_math_data(config: TinyMemConfig) -> TinyMemData:
     main_train, main_test = main[tr_idx], main[te_idx]
     tests: dict[str, torch.Tensor] = {}
     aux_train: list[torch.Tensor] = []
-    kinds: list[str] = []
     for k in c.aux_ks:
         ids = tok.encode_padded(_texts(sequence_values(c.task, k, c.n_aux, c.length)), c.max_ctx)
         a_tr, a_te = _split(c.n_aux, c.n_test, c.data_seed)
@@ -304,6 +308,7 @@ def make_language_data(artifact: str = "noise", *, max_ctx: int = 64, n_train: i
     if artifact not in ARTIFACTS:
         raise MemorizationError(f"unknown artifact {artifact!r}; expected one of {', '.join(ARTIFACTS)}")
     check_prompt(prompt_len, k, max_ctx)
+    check_fractions(noise_p, backdoor_test_frac)
     text = kjv_text(books).replace("\n", " ")
     chars = sorted(set(text))
     tok = CharTokenizer(chars)

@@ -228,12 +228,27 @@ def reattach(model: nn.Module, extra: dict[str, Any]) -> None:
 REGULARIZERS = ("spectral_norm", "loss_truncation", "example_tied_dropout")
 
 
+#: Hyper-parameters each regularizer accepts.
+REGULARIZER_HP: dict[str, tuple[str, ...]] = {
+    "spectral_norm": ("lam",), "loss_truncation": ("dropc", "window", "recompute", "min_count"),
+    "example_tied_dropout": ("p_fixed", "p_mem"),
+}
+
+
 def make_regularizer(name: str, model: nn.Module, n_examples: int, seed: int = 0, **hp: Any):
-    """A regularizer by name with the reference's defaults (lam 0.01 / dropc 0.05 / p_fixed 0.2, p_mem 0.1)."""
+    """A regularizer by name with the reference's defaults (lam 0.01 / dropc 0.05 / p_fixed 0.2, p_mem 0.1).
+
+    Loss truncation's window, recompute interval and warm-up default to the reference's 10,000 samples, which is
+    about half an epoch of its 27k-sequence training set; they are capped at half an epoch of ``n_examples`` so
+    that truncation starts on a smaller set too (with 10k it would never drop anything)."""
+    if name not in REGULARIZER_HP:
+        raise MemorizationError(f"unknown regularizer {name!r}; expected one of {', '.join(REGULARIZERS)}")
+    unknown = sorted(set(hp) - set(REGULARIZER_HP[name]))
+    if unknown:
+        raise MemorizationError(f"{name} takes no hyper-parameter(s) {unknown}; expected {list(REGULARIZER_HP[name])}")
     if name == "spectral_norm":
         return SpectralNormPenalty(model, hp.get("lam", 0.01), seed)
     if name == "loss_truncation":
-        return LossTruncation(**{k: hp[k] for k in ("dropc", "window", "recompute", "min_count") if k in hp})
-    if name == "example_tied_dropout":
-        return ExampleTiedDropout(model, n_examples, hp.get("p_fixed", 0.2), hp.get("p_mem", 0.1), seed)
-    raise MemorizationError(f"unknown regularizer {name!r}; expected one of {', '.join(REGULARIZERS)}")
+        n = min(10000, max(1, int(n_examples) // 2))
+        return LossTruncation(**{"window": n, "recompute": n, "min_count": n, **hp})
+    return ExampleTiedDropout(model, n_examples, hp.get("p_fixed", 0.2), hp.get("p_mem", 0.1), seed)

@@ -12,10 +12,10 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from htsr.memorization.errors import MemorizationError
-from htsr.training import Callback, TrainResult, train
+from htsr.training import Callback, TrainResult, seeded_loader, train
 
 LR = 1e-3
 WEIGHT_DECAY = 0.1
@@ -33,9 +33,7 @@ def make_loader(ids: torch.Tensor, batch_size: int = BATCH_SIZE, seed: int = 0, 
     """A DataLoader of ``(ids, example_index)`` batches, shuffled by a seeded generator."""
     if ids.ndim != 2 or ids.shape[0] == 0:
         raise MemorizationError(f"training ids must be a non-empty (n, seq_len) tensor, got {tuple(ids.shape)}")
-    ds = TensorDataset(ids.long(), torch.arange(ids.shape[0]))
-    g = torch.Generator().manual_seed(seed)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=g)
+    return seeded_loader(ids.long(), torch.arange(ids.shape[0]), batch_size, seed, shuffle)
 
 
 def lm_losses(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:

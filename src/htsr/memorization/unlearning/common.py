@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from htsr.memorization.errors import MemorizationError
-from htsr.memorization.models import MLP, find_mlps, out_in_weight
+from htsr.memorization.models import MLP, out_in_weight
 
 
 @dataclass
@@ -157,7 +157,3 @@ def ablate_neurons(model: nn.Module, mlps: list[MLP], scores: list[torch.Tensor]
             if b is not None:
                 b[top] = 0
         report.neurons[mlp.down_name] = top.tolist()
-
-
-def resolve_mlps(model: nn.Module) -> list[MLP]:
-    return find_mlps(model)
