@@ -21,25 +21,23 @@ import _common as C
 
 
 def _compare(argv: list[str]) -> int:
-    """``htsr tinymem compare`` through its own parser (no other CLI modules needed)."""
-    from htsr.cli import memorization as M
+    """``htsr tinymem compare`` exactly as the command line runs it."""
+    from htsr.cli.main import main
 
-    p = argparse.ArgumentParser(prog="htsr")
-    M.register(p.add_subparsers())
-    args = p.parse_args(["tinymem", "compare", *argv])
-    return int(args.func(args))
+    return int(main(["tinymem", "compare", *argv]))
 
 
-def run(layers: int, artifact: str, epochs: int, out: Path, retain_size: int, *, preset: str = "cpu",
-        batch_size: int = 32, device: str = "cpu", methods: str = "all", threads: int = 1) -> dict:
+def run(layers: int, artifact: str, epochs: int, out: Path, retain_size: int | None, *, preset: str = "cpu",
+        batch_size: int = 32, device: str = "cpu", methods: str = "all", threads: int | None = None) -> dict:
     import pandas as pd
 
     d = out / f"l{layers}_{artifact}"
     load0 = C.loadavg()
     t0 = time.perf_counter()
+    opt = ["--retain-size", str(retain_size)] if retain_size else []
+    opt += ["--threads", str(threads)] if threads else []
     rc = _compare(["--preset", preset, "--artifact", artifact, "--layers", str(layers), "--epochs", str(epochs),
-                   "--batch-size", str(batch_size), "--retain-size", str(retain_size), "--threads", str(threads),
-                   "--device", device, "--methods", methods, "--out", str(d)])
+                   "--batch-size", str(batch_size), *opt, "--device", device, "--methods", methods, "--out", str(d)])
     total = time.perf_counter() - t0
     if rc != 0:
         return {"layers": layers, "artifact": artifact, "rc": rc}
@@ -69,12 +67,12 @@ def main() -> None:
     ap.add_argument("--layers", default="2", help="comma-separated layer counts (default 2)")
     ap.add_argument("--artifacts", default="noise,backdoor")
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--retain-size", type=int, default=512)
+    ap.add_argument("--retain-size", type=int, default=None, help="seeded retain subset (default: all, as the CLI)")
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--methods", default="all")
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, as the CLI)")
     ap.add_argument("--out", default="/tmp/htsr_bench_tinymem")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()

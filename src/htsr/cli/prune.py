@@ -54,8 +54,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--owl-lambda", type=float, default=0.08)
     p.add_argument("--owl-m", type=float, default=5.0)
     p.add_argument("--calibration", metavar="TEXTFILE", default=None,
-                   help="UTF-8 text, or .jsonl/.json.gz records with a \"text\" field (C4 shards), for calibration "
-                        "windows (needed by wanda, sparsegpt and owl)")
+                   help="UTF-8 text, .jsonl/.json.gz records with a \"text\" field (C4 shards), or a .parquet/.csv/"
+                        ".tsv table with a text column, for calibration windows (needed by wanda, sparsegpt, owl)")
     p.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
     p.add_argument("--seqlen", type=int, default=None, help="tokens per window (default min(2048, model positions))")
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration windows")
@@ -80,7 +80,8 @@ def register(subparsers: Any) -> None:
     q = subparsers.add_parser("perplexity", help="perplexity of a causal LM on a text file",
                               description="exp(mean next-token NLL) over non-overlapping windows of the text.")
     q.add_argument("model_dir")
-    q.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text or .jsonl/.json.gz with \"text\" fields")
+    q.add_argument("--text", required=True, metavar="FILE",
+                   help="UTF-8 text, .jsonl/.json.gz with \"text\" fields, or .parquet/.csv/.tsv with a text column")
     q.add_argument("--seqlen", type=int, default=None, help="window length (default min(2048, model positions))")
     q.add_argument("--device", default="cpu")
     q.add_argument("--dtype", choices=list(DTYPES), default="auto")

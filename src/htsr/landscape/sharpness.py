@@ -17,7 +17,7 @@ ball, or (adaptive) the Euclidean projection onto the ellipsoid ``||delta / |the
 (KKT form ``delta_i = d_i theta_i^2 / (theta_i^2 + mu)``, mu found by Newton's method); Linf: clipping to
 ``rho |theta|``. S_B >= 0 by construction (the start point counts).
 
-Reference-code behaviours changed (each documented in ``docs/landscape_similarity_sharpness.md``):
+Reference-code behaviours changed (each documented in ``docs/landscape.md``):
 
 1. **Restart from the best point.** On a step-size cut the reference reloads the best *weights* into the
    model but keeps its perturbation variable, so the next update overwrites the reload (only the next
@@ -88,7 +88,7 @@ def checkpoints(n_iters: int) -> list[int]:
     """The reference's step-size checkpoints (0-based iteration indices) for a run of ``n_iters``.
 
     ``p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06)``, checkpoint ``ceil(p_j n)``
-    (e.g. ``[5, 9, 12, 14, 16, 18, 19, 20]`` for 20 iterations).
+    (e.g. ``[5, 9, 12, 15, 16, 18, 19, 20]`` for 20 iterations).
     """
     p = [0.0, 0.22]
     w = [0, math.ceil(n_iters * 0.22)]

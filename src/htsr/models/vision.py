@@ -39,7 +39,7 @@ class BasicBlock(nn.Module):
 class SmallResNet(nn.Module):
     """ResNet for small images: 3x3 stem, one stage per width (stride 1, then 2), global average pool, linear.
 
-    ``widths=(16, 32, 64), blocks=(1, 1, 1)`` on 8x8 inputs: 8x8 -> 4x4 -> 2x2, about 75k parameters.
+    ``widths=(16, 32, 64), blocks=(1, 1, 1)`` on 8x8 inputs: 8x8 -> 4x4 -> 2x2, 77,754 parameters.
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, widths: Sequence[int] = (16, 32, 64),
