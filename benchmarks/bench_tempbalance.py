@@ -15,10 +15,10 @@ repeats: the baseline and TempBalance. Reports
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import _common as C
+from htsr.cli.common import key_value
 
 
 def main() -> None:
@@ -42,9 +42,11 @@ def main() -> None:
     threadpool_limits(limits=args.threads, user_api="blas")
     overrides: dict[str, dict] = {}
     for s in args.set:
-        key, val = s.split("=", 1)
+        key, val = key_value(s)  # JSON values when they parse (numbers, lists), else strings: arch=vgg works
+        if "." not in key:
+            ap.error(f"--set expects RECIPE.KEY=VALUE, got {s!r}")
         rec, opt = key.split(".", 1)
-        overrides.setdefault(rec, {})[opt] = json.loads(val)
+        overrides.setdefault(rec, {})[opt] = val
     info = C.announce_machine()
     rows, raw = [], []
     for name in args.recipes:

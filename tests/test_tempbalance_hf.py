@@ -73,9 +73,8 @@ def test_trainer_runs_emnlp_recipe(tmp_path, torch_one_thread):
     assert steps == 8  # 32 examples / 8 per batch x 2 epochs
     assert sched.step_count == steps
     assert sched.n_updates == 1 + steps // 3  # at init, then every 3 steps
-    # every group's lr = base schedule x its block's multiplier; base = HF linear decay, 0 at the end
+    # the base schedule is HF's linear decay, 0 at the end (lr = base x multiplier is checked mid-training below)
     for g in opt.param_groups:
-        assert g["lr"] == pytest.approx(g["tb_base_lr"] * g["tb_multiplier"])
         assert g["tb_base_lr"] == pytest.approx(0.0, abs=1e-12)
     # the history recorded block alphas and distinct multipliers, logs carry TB state
     h = sched.history

@@ -141,3 +141,21 @@ def test_seeded_loader_order_is_fixed_by_its_seed_and_leaves_the_global_rng_alon
     assert a == b and a != c
     assert sorted(sum(a, [])) == list(range(20)) and [len(v) for v in a] == [6, 6, 6, 2]
     assert [v for batch in seeded_loader(x, y, 6, seed=3, shuffle=False) for v in batch[1].tolist()] == list(range(20))
+
+
+def test_evaluate_gives_accuracy_for_sequence_classification_dict_batches():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from htsr.training import evaluate
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=32, num_labels=3))
+    g = torch.Generator().manual_seed(1)
+    batches = [{"input_ids": torch.randint(0, 50, (6, 8), generator=g),
+                "labels": torch.randint(0, 3, (6,), generator=g)} for _ in range(2)]
+    res = evaluate(model, batches)
+    model.eval()
+    with torch.no_grad():
+        want = sum(int((model(input_ids=b["input_ids"]).logits.argmax(-1) == b["labels"]).sum()) for b in batches)
+    assert res["accuracy"] == want / 12 and res["loss"] > 0

@@ -12,6 +12,7 @@ import sys
 from typing import Any
 
 from htsr.cli.common import error
+from htsr.pruning.backends import BACKENDS
 
 DTYPES = {"auto": None, "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
@@ -66,7 +67,7 @@ def register(subparsers: Any) -> None:
                    help="progress bar over blocks (default: when stderr is a terminal)")
     p.add_argument("--dtype", choices=list(DTYPES), default="auto",
                    help="load (and save) the weights in this dtype; auto = the checkpoint's (statistics are float32)")
-    p.add_argument("--backend", choices=["htsr", "llmcompressor"], default="htsr",
+    p.add_argument("--backend", choices=list(BACKENDS), default="htsr",
                    help="who prunes with the allocation: htsr (default) or llmcompressor's Wanda/SparseGPT modifier "
                         "(pip install 'htsr[llmcompressor]')")
     p.add_argument("--format", choices=["hf", "compressed-tensors"], default="hf", dest="out_format",

@@ -33,7 +33,7 @@ from torch import nn
 
 from htsr.errors import ConfigError
 from htsr.tempbalance.scheduler import TempBalance, TempBalanceCallback
-from htsr.training import seeded_loader, train
+from htsr.training import evaluate, seeded_loader, train
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,6 @@ class DigitsRecipe(Recipe):
     def _run(self, method: str, fraction: float, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
         from htsr.data.digits import digits_split
         from htsr.models.vision import make_vision_model
-        from htsr.training import evaluate
 
         xtr, ytr, xte, yte = digits_split(fraction, seed, test_size=self.test_size)
         loader = seeded_loader(xtr, ytr, self.batch_size, seed)
@@ -206,7 +205,7 @@ class MiniLMRecipe(Recipe):
                    temperature=self.temperature, interval=self.interval, exclude_first=False, exclude_last=True,
                    analysis_options={"xmin_pos": self.xmin_pos})
         res, tb, build = _fit(model, train_b, opt, base, method=method, epochs=epochs, tb_kwargs=tbk)
-        acc = classification_accuracy(model, test_b)
+        acc = evaluate(model, test_b)["accuracy"]
         metrics = {"accuracy": acc, "n_train": len(tr_y), **_timing(res, tb, build)}
         return metrics, _details(res, tb)
 
@@ -299,22 +298,6 @@ def linear_warmup_decay(optimizer: torch.optim.Optimizer, warmup: int, total: in
         return max(0.0, (total - step) / max(1, total - warmup))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
-
-
-@torch.no_grad()
-def classification_accuracy(model: nn.Module, batches: Any) -> float:
-    """Accuracy of ``model(**batch).logits`` against ``batch['labels']`` (eval mode, restored after)."""
-    was = model.training
-    model.eval()
-    correct = n = 0
-    try:
-        for b in batches:
-            logits = model(**{k: v for k, v in b.items() if k != "labels"}).logits
-            correct += int((logits.argmax(-1) == b["labels"]).sum())
-            n += int(b["labels"].numel())
-    finally:
-        model.train(was)
-    return correct / max(n, 1)
 
 
 def get_recipe(name: str, **overrides: Any) -> Recipe:

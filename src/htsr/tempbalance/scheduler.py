@@ -55,7 +55,6 @@ NORMS = ("order", "name", "none")
 #: ``encoder.layer.3``; of ``layer1.0.conv1`` it is ``layer1.0``.
 BLOCK_PATTERN = r"^(.*?\.\d+)\."
 STATE_VERSION = 1
-_TB_KEYS = ("tb_unit", "tb_base_lr", "tb_multiplier", "tb_source_group")
 _DOMAIN = {"sqrt": ("alpha", "spectral_norm"), "log2": ("alpha",)}
 
 
@@ -277,7 +276,6 @@ class TempBalance:
                                    "eigenvalues; lower analysis_options['min_evals'] or set exclude_first/last")
         self.units_ = list(dict.fromkeys(layer_unit.values()))
         self.layers_ = {u: [n for n, uu in layer_unit.items() if uu == u] for u in self.units_}
-        self._layer_unit = layer_unit
         # parameter -> unit, by name
         owner: dict[int, str] = {}
         if self.unit == "block":
@@ -392,11 +390,7 @@ class TempBalance:
             return math.nan, "layer missing from the analysis"
         if row["status"] != "success":
             return math.nan, f"{row['status']}: {row['reason']}"
-        if self.metric == "spectral_norm":
-            v = row.get("log_spectral_norm")
-            v = 10.0 ** v if v is not None and math.isfinite(v) else math.nan
-        else:
-            v = row.get(self.metric)
+        v = row.get(self.metric)
         v = math.nan if v is None else float(v)
         return v, ("" if math.isfinite(v) else f"non-finite {self.metric}")
 

@@ -124,8 +124,9 @@ def seeded_loader(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int,
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Iterable[Any], loss_fn: LossFn | None = None,
              device: str | torch.device | None = None) -> dict[str, float]:
-    """Mean loss (weighted by batch size) and, for ``(x, integer y)`` batches, accuracy; model in eval mode
-    for the duration (its previous mode restored)."""
+    """Mean loss (weighted by batch size) and, for ``(x, integer y)`` batches or dict batches with one integer
+    ``labels`` entry per sample (sequence classification), accuracy; model in eval mode for the duration (its
+    previous mode restored)."""
     loss_fn = loss_fn or default_loss
     device = torch.device(device) if device is not None else _model_device(model)
     was_training = model.training
@@ -141,6 +142,11 @@ def evaluate(model: nn.Module, data: Iterable[Any], loss_fn: LossFn | None = Non
                 pred = model(batch[0]).argmax(dim=-1)
                 correct += int((pred == batch[1]).sum())
                 n_cls += int(batch[1].numel())
+            elif isinstance(batch, Mapping) and _class_labels(batch.get("labels")):
+                out = model(**{k: v for k, v in batch.items() if k != "labels"})
+                pred = getattr(out, "logits", out).argmax(dim=-1)
+                correct += int((pred == batch["labels"]).sum())
+                n_cls += int(batch["labels"].numel())
     finally:
         model.train(was_training)
     if n == 0:
@@ -149,6 +155,10 @@ def evaluate(model: nn.Module, data: Iterable[Any], loss_fn: LossFn | None = Non
     if n_cls:
         out["accuracy"] = correct / n_cls
     return out
+
+
+def _class_labels(y: Any) -> bool:
+    return isinstance(y, torch.Tensor) and y.ndim == 1 and not y.is_floating_point()
 
 
 def batch_size(batch: Any) -> int:

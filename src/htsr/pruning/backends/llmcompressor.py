@@ -244,13 +244,6 @@ def prune_with_llmcompressor(
     return PruneReport(rows, sparsity, pruned / total, settings, imputed, time.perf_counter() - t0)
 
 
-def available() -> bool:
-    """Whether llmcompressor can be imported (without importing it)."""
-    import importlib.util
-
-    return importlib.util.find_spec("llmcompressor") is not None
-
-
 def modifier_recipe(report: PruneReport) -> dict:
     """The llmcompressor recipe equivalent to a report's allocation (for users who run ``oneshot`` themselves).
 
@@ -269,4 +262,4 @@ def modifier_recipe(report: PruneReport) -> dict:
     return {MODIFIERS[pruner]: kw}
 
 
-__all__ = ["MODIFIERS", "available", "check_pruner", "check_supported", "modifier_recipe", "prune_with_llmcompressor"]
+__all__ = ["MODIFIERS", "check_pruner", "check_supported", "modifier_recipe", "prune_with_llmcompressor"]
