@@ -132,7 +132,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         opts["include_embeddings"] = True
     if args.split_qkv:
         opts["split_qkv"] = True
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    from htsr.progress import show_progress
+
+    progress = show_progress(args.progress)
     try:
         source = example_path(args.example) if args.example else args.source
         result = analyze(source, args.preset, base=args.base, lora=args.lora, allow_pickle=args.allow_pickle,

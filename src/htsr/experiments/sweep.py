@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -22,6 +21,7 @@ import pandas as pd
 
 from htsr.errors import ConfigError
 from htsr.experiments.store import ResultStore, cell_key
+from htsr.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +73,7 @@ def run_sweep(fn: CellFn, cells: Sequence[Cell], store: ResultStore, *, executor
     extra = dict(extra or {})
     todo = [c for c in cells if not store.done(cell_key({**c.params, **extra}))]
     log.info("sweep: %d cell(s), %d already done, %d to run", len(cells), len(cells) - len(todo), len(todo))
-    show = progress if progress is not None else bool(getattr(sys.stderr, "isatty", lambda: False)())
-    bar = None
-    if show:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo), desc="sweep", unit="cell", file=sys.stderr)
+    bar = progress_bar(progress, total=len(todo), desc="sweep", unit="cell")
     t_last = time.perf_counter()
     try:
         for cell, result in executor.map(fn, todo):

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from htsr.errors import ConfigError
+from htsr.progress import progress_bar, show_progress
 
 ESTIMATORS = ("biased", "debiased", "minibatch")
 OUTPUT = None  # layer spec meaning "the model's own output"
@@ -443,19 +444,14 @@ def _features(catcher: _Catcher, module: nn.Module | None, name: str, out: Any, 
 
 
 def _progress(data: Iterable[Any], progress: bool | None, total: int | None):
-    import sys
-
-    show = sys.stderr.isatty() if progress is None else bool(progress)
-    if not show:
+    if not show_progress(progress):
         return data
-    from tqdm.auto import tqdm
-
     try:
         n = len(data)  # type: ignore[arg-type]
         total = n if total is None else min(n, total)
     except TypeError:
         pass
-    return tqdm(data, total=total, desc="CKA", leave=False)
+    return progress_bar(True, data, total=total, desc="CKA", leave=False)
 
 
 def output_cka(model_a: nn.Module, model_b: nn.Module, data: Iterable[Any], **kwargs: Any) -> float:

@@ -57,6 +57,7 @@ import torch
 
 from htsr.errors import ConfigError
 from htsr.landscape.objective import LandscapeError, LossFn, Objective, is_batch
+from htsr.progress import progress_bar
 
 NORMS = (2, "inf")
 
@@ -480,11 +481,4 @@ def average_sharpness(
 
 
 def _progress(items: list[Any], progress: bool | None):
-    import sys
-
-    show = sys.stderr.isatty() if progress is None else bool(progress)
-    if not show:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc="sharpness", leave=False)
+    return progress_bar(progress, items, desc="sharpness", leave=False)

@@ -20,6 +20,7 @@ from torch import nn
 
 from htsr.landscape.directions import model_direction, plane_through, random_direction
 from htsr.landscape.objective import LandscapeError, Objective, reestimate_bn
+from htsr.progress import progress_bar
 
 __all__ = ["Surface1D", "Surface2D", "surface_1d", "surface_2d", "random_surface_1d", "random_surface_2d",
            "line_between", "plane_between"]
@@ -84,14 +85,7 @@ def _point(obj: Objective, vec: torch.Tensor, bn_data: Any, bn_batches: int | No
 
 
 def _progress(total: int, progress: bool | None, desc: str):
-    import sys
-
-    show = progress if progress is not None else bool(getattr(sys.stderr, "isatty", lambda: False)())
-    if not show:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="pt", file=sys.stderr, leave=False)
+    return progress_bar(progress, total=total, desc=desc, unit="pt", leave=False)
 
 
 def surface_1d(obj: Objective, direction: torch.Tensor, coords: Sequence[float] | np.ndarray | None = None, *,

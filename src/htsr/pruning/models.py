@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from htsr.progress import progress_bar
 from htsr.pruning import allocation as A
 from htsr.pruning.errors import PruningError
 from htsr.pruning.pruners import NM, PRUNERS, LayerStats, check_nm, magnitude_prune, sparsegpt_prune, wanda_prune
@@ -417,14 +418,9 @@ def prune_model(
 def _sequential(layout: Layout, calls: _Calls, pruner: str, target_of: dict[str, float], nm: NM | None,
                 blocksize: int, percdamp: float, progress: bool | None = None) -> None:
     """Wanda/SparseGPT: per block, collect layer inputs, prune, and recompute outputs with the pruned weights."""
-    import sys
-
-    from tqdm.auto import tqdm
-
     inps = calls.inputs
-    show = progress if progress is not None else bool(getattr(sys.stderr, "isatty", lambda: False)())
-    for k, blk in enumerate(tqdm(layout.blocks, desc=f"{pruner} blocks", unit="block", disable=not show,
-                                 file=sys.stderr, leave=False)):
+    for k, blk in enumerate(progress_bar(progress, layout.blocks, desc=f"{pruner} blocks", unit="block",
+                                         leave=False)):
         layers = layout.layers[k]
         stats = {n: LayerStats(weight_2d(m).shape[1], hessian=pruner == "sparsegpt", device=m.weight.device)
                  for n, m in layers.items()}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import pandas as pd
 
 from htsr.errors import ConfigError
 from htsr.io import atomic_write, write_json, write_table
+from htsr.progress import progress_bar
 from htsr.theory.single_index import (
     OPTIMIZERS,
     SingleIndexConfig,
@@ -117,12 +117,7 @@ def sweep(base: SingleIndexConfig | None = None, optimizers: Sequence[str] = OPT
     """
     base = base or SingleIndexConfig()
     opts, rates = _check_grid(optimizers, lrs, repeats)
-    show = bool(getattr(sys.stderr, "isatty", lambda: False)()) if progress is None else progress
-    bar = None
-    if show:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=repeats * len(opts) * len(rates), desc="single-index", unit="run", file=sys.stderr)
+    bar = progress_bar(progress, total=repeats * len(opts) * len(rates), desc="single-index", unit="run")
     t0 = time.perf_counter()
     histories, rows, evals = [], [], {}
     try:

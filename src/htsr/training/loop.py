@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from htsr.errors import ConfigError, HtsrError
+from htsr.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -186,12 +187,6 @@ def _lrs(optimizer: torch.optim.Optimizer) -> float | list[float]:
     return lrs[0] if len(set(lrs)) == 1 else lrs
 
 
-def _show_progress(progress: bool | None) -> bool:
-    if progress is not None:
-        return progress
-    return bool(getattr(sys.stderr, "isatty", lambda: False)())
-
-
 def train(
     model: nn.Module,
     train_data: Iterable[Any],
@@ -247,13 +242,8 @@ def train(
 
     call("on_train_begin", {})
     n_epochs = epochs if epochs is not None else sys.maxsize
-    show = _show_progress(progress)
-    bar = None
-    if show:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=max_steps if max_steps is not None else None, desc="train", unit="step",
-                   file=sys.stderr, leave=False)
+    bar = progress_bar(progress, total=max_steps if max_steps is not None else None, desc="train", unit="step",
+                       leave=False)
     t_start = time.perf_counter()
     try:
         epoch = 0
