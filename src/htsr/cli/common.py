@@ -24,3 +24,23 @@ def key_value(s: str) -> tuple[str, Any]:
     except json.JSONDecodeError:
         val = v
     return k.strip(), val
+
+
+def _numbers(s: str, kind: type, what: str) -> list:
+    try:
+        out = [kind(x) for x in s.split(",") if x.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {s!r}") from e
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected at least one of the {what}, got {s!r}")
+    return out
+
+
+def float_list(s: str) -> list[float]:
+    """argparse type for ``1,2.5,3``: a non-empty list of floats."""
+    return _numbers(s, float, "numbers")
+
+
+def int_list(s: str) -> list[int]:
+    """argparse type for ``1,2,3``: a non-empty list of integers."""
+    return _numbers(s, int, "integers")

@@ -16,31 +16,17 @@ import json
 import sys
 from typing import Any
 
-from htsr.cli.common import error
+from htsr.cli.common import error, float_list, int_list
 
 
 def _csv_list(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
 
-def _int_list(s: str) -> list[int]:
-    try:
-        return [int(x) for x in _csv_list(s)]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from e
-
-
 # ``htsr.diagnosis.mdtree.TASKS`` (kept here so building the parser does not import scikit-learn).
 TASK_NAMES = ("data", "temperature", "temperature-cka", "width")
 # ``htsr.diagnosis.pipeline.GRIDS`` (same reason).
 GRID_NAMES = ("small", "tiny")
-
-
-def _float_list(s: str) -> list[float]:
-    try:
-        return [float(x) for x in _csv_list(s)]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from e
 
 
 def _bounds(s: str) -> list[tuple[float, float]]:
@@ -67,8 +53,8 @@ def register(subparsers: Any) -> None:
                    help="folder with dataframe_normal_public.csv and dataframe_noise_public.csv "
                         "(default: $HTSR_MDTREE_DATA or ../shared/data/mdtree)")
     r.add_argument("--out", default=None, metavar="FILE", help="write the long table (.csv or .parquet)")
-    r.add_argument("--cases", type=_int_list, default=None, metavar="N,N", help="subset of cases 1-5")
-    r.add_argument("--seeds", type=_int_list, default=None, metavar="S,S",
+    r.add_argument("--cases", type=int_list, default=None, metavar="N,N", help="subset of cases 1-5")
+    r.add_argument("--seeds", type=int_list, default=None, metavar="S,S",
                    help="seeds (default the paper's 42,90,38,18,72)")
     r.add_argument("--baseline-seeding", choices=["per-seed", "pinned"], default="per-seed",
                    help="decision-tree random_state: per seed (default; matches the published table) or pinned "
@@ -127,9 +113,9 @@ def register(subparsers: Any) -> None:
     pop.add_argument("--out", required=True, metavar="DIR", help="population folder (created; resumed if present)")
     pop.add_argument("--grid", choices=GRID_NAMES, default="small",
                      help="small (3 widths x 3 batch sizes x 2 fractions x 2 seeds, default) or tiny (smoke test)")
-    pop.add_argument("--widths", type=_int_list, default=None, metavar="W,W", help="override the grid's widths")
-    pop.add_argument("--batch-sizes", type=_int_list, default=None, metavar="B,B", help="override the batch sizes")
-    pop.add_argument("--data", type=_float_list, default=None, metavar="F,F",
+    pop.add_argument("--widths", type=int_list, default=None, metavar="W,W", help="override the grid's widths")
+    pop.add_argument("--batch-sizes", type=int_list, default=None, metavar="B,B", help="override the batch sizes")
+    pop.add_argument("--data", type=float_list, default=None, metavar="F,F",
                      help="override the training-data fractions (in (0, 1])")
     pop.add_argument("--epochs", type=int, default=None, help="override the training epochs")
     pop.add_argument("--max-configs", type=int, default=None, metavar="N",

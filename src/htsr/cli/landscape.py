@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from htsr.cli.common import error
+from htsr.cli.common import error, float_list
 
 
 def digits_cnn() -> Any:
@@ -154,7 +154,7 @@ def register(subparsers: Any) -> None:
                         description="Worst-case loss increase within an (adaptive) rho-ball, found by Auto-PGD "
                                     "(Andriushchenko et al.; SharpBalance's measure), per norm and radius.")
     sh.add_argument("--weights", default=None, help="safetensors weights of the recipe CNN (default: train it)")
-    sh.add_argument("--rho", type=_floats, default=[0.5], metavar="R,R", help="radii (default 0.5)")
+    sh.add_argument("--rho", type=float_list, default=[0.5], metavar="R,R", help="radii (default 0.5)")
     sh.add_argument("--norm", type=_norms, default=[2], metavar="P,P", help="norms: 2 and/or inf (default 2)")
     sh.add_argument("--no-adaptive", action="store_true", help="plain (not weight-scaled) perturbations")
     sh.add_argument("--iters", type=int, default=20, help="Auto-PGD iterations per batch (default 20)")
@@ -162,15 +162,6 @@ def register(subparsers: Any) -> None:
     _common(sh, csv=True, plot=False)
     sh.set_defaults(func=cmd_sharpness)
 
-
-def _floats(s: str) -> list[float]:
-    try:
-        out = [float(v) for v in s.split(",") if v.strip()]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from e
-    if not out:
-        raise argparse.ArgumentTypeError("expected at least one number")
-    return out
 
 
 def _norms(s: str) -> list[int | str]:

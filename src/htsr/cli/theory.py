@@ -12,21 +12,12 @@ import argparse
 import sys
 from typing import Any
 
-from htsr.cli.common import error
+from htsr.cli.common import error, float_list
 
 QUICK = {"n": 400, "n_test": 100, "d": 200, "h": 300}
 TABLE_COLUMNS = ("optimizer", "lr", "n_runs", "alpha_hill", "alpha_ks", "alignment", "kta", "ridge_train_loss",
                  "ridge_test_loss", "spike_ratio", "spike_step", "tail_step", "time_s")
 
-
-def _floats(s: str) -> tuple[float, ...]:
-    try:
-        out = tuple(float(x) for x in s.split(",") if x.strip())
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {s!r}") from e
-    if not out:
-        raise argparse.ArgumentTypeError(f"expected at least one number, got {s!r}")
-    return out
 
 
 def _names(s: str) -> tuple[str, ...]:
@@ -46,7 +37,7 @@ def register(subparsers: Any) -> None:
                     "alignment and ridge-refit losses. Defaults are the paper's (n=2000, d=1000, h=1500, 10 steps, "
                     "the 9-rate grid, GD and Adam).")
     p.add_argument("--optimizers", type=_names, default=("gd", "adam"), help="comma-separated: gd,adam (default both)")
-    p.add_argument("--lrs", type=_floats, default=None,
+    p.add_argument("--lrs", type=float_list, default=None,
                    help="comma-separated learning rates (default the paper's 1e-3,...,3000 grid)")
     p.add_argument("--repeats", type=int, default=1, help="repeats with seeds seed..seed+R-1 (default 1)")
     p.add_argument("--seed", type=int, default=0)
@@ -135,10 +126,8 @@ def cmd_single_index(args: argparse.Namespace) -> int:
                 paths.append(plot_esds(res.evals, out / "esd.png"))
                 paths.append(plot_steps(res.history, out / "steps.png"))
         except (HtsrError, OSError, ValueError) as e:
-            print(f"htsr: error: cannot write output: {e}", file=sys.stderr)
-            return 2
+            return error(f"cannot write output: {e}")
         print(f"wrote {len(paths)} file(s) to {args.out}", file=sys.stderr)
     if len(bad) == len(res.table):
-        print("htsr: error: every run diverged", file=sys.stderr)
-        return 1
+        return error("every run diverged", 1)
     return 0
