@@ -54,7 +54,7 @@ from htsr.errors import HtsrError
 from htsr.training.loop import batch_size  # noqa: F401  (re-exported: one implementation)
 
 __all__ = ["LandscapeError", "Objective", "LossFn", "is_batch", "batch_size", "default_loss", "select_parameters",
-           "reestimate_bn", "check_same_architecture", "has_batchnorm"]
+           "reestimate_bn", "check_same_architecture", "has_batchnorm", "batchnorm_layers"]
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 ParamSelector = Sequence[str] | Callable[[str, nn.Parameter], bool] | None
@@ -392,9 +392,14 @@ def _forward_batch(model: nn.Module, batch: Any) -> Any:
                          "(x, y) or a dict of tensors")
 
 
+def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's BatchNorm layers that track running statistics."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
 def has_batchnorm(model: nn.Module) -> bool:
     """True when the model has a BatchNorm layer that tracks running statistics."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
+    return bool(batchnorm_layers(model))
 
 
 @torch.no_grad()
@@ -403,7 +408,7 @@ def reestimate_bn(model: nn.Module, data: Any, max_batches: int | None = None) -
     weights, as Garipov et al.'s ``update_bn``: statistics reset, then a cumulative average with momentum
     ``b / (n + b)`` per batch (b its size, n the samples seen), so each sample counts equally. The model's
     train/eval mode and the layers' momenta are restored. Returns the number of samples used (0: no BN layer)."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    bns = batchnorm_layers(model)
     if not bns:
         return 0
     batches = [data] if is_batch(data) else data

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from htsr.errors import ConfigError, HtsrError
+from htsr.landscape.objective import batchnorm_layers
 
 _SAM_KEYS = ("rho", "adaptive", "eta")
 
@@ -58,11 +59,10 @@ def frozen_norm_stats(model: nn.Module | None) -> Iterator[None]:
         yield
         return
     saved = []
-    for mod in model.modules():
-        if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.track_running_stats:
-            bufs = {k: getattr(mod, k).clone() for k in ("running_mean", "running_var", "num_batches_tracked")
-                    if getattr(mod, k, None) is not None}
-            saved.append((mod, bufs))
+    for mod in batchnorm_layers(model):
+        bufs = {k: getattr(mod, k).clone() for k in ("running_mean", "running_var", "num_batches_tracked")
+                if getattr(mod, k, None) is not None}
+        saved.append((mod, bufs))
     try:
         yield
     finally:

@@ -59,8 +59,6 @@ from htsr.errors import ConfigError
 from htsr.landscape.objective import LandscapeError, LossFn, Objective, is_batch
 from htsr.progress import progress_bar
 
-NORMS = (2, "inf")
-
 
 def _norm_p(p: Any) -> int | str:
     if isinstance(p, str) and p.lower() in ("inf", "linf", "l_inf"):
