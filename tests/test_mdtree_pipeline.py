@@ -149,6 +149,16 @@ def test_fit_diagnoser_on_md_population():
     assert diag.trees["temperature"].train_accuracy_ > majority
     pred = diag.predict(labelled)
     assert set(pred["temperature"]) <= {"large", "small"}
+    # a saved diagnoser (JSON) predicts the same
+    import json
+
+    from htsr.diagnosis.pipeline import Diagnoser
+
+    back = Diagnoser.from_dict(json.loads(json.dumps(diag.to_dict())))
+    assert back.n_train == diag.n_train and set(back.trees) == set(diag.trees)
+    pd.testing.assert_frame_equal(back.predict(labelled), pred)
+    with pytest.raises(DiagnosisError, match="not a saved diagnoser"):
+        Diagnoser.from_dict({"schema": "other"})
     auto = fit_diagnoser(sub, tasks=("temperature",), bounds="auto")
     lo, hi = auto.trees["temperature"].bounds[2]
     assert lo <= sub["hessian_t"].min() and hi >= sub["hessian_t"].max()

@@ -436,7 +436,6 @@ class Diagnoser:
     constant: dict[str, str] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     n_train: dict[str, int] = field(default_factory=dict)
-    features: tuple[str, ...] = ("train_error", "mode_connectivity_peak", "hessian_t")
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         """One column per task with the predicted label."""
