@@ -122,16 +122,16 @@ def test_short_names() -> None:
 
 def test_fitted_density_is_normalised_to_the_tail_fraction() -> None:
     alpha, xmin, frac = 3.2, 5.0, 0.25
-    total, _ = quad(lambda x: float(plots._tail_pdf(np.array(x), alpha, xmin, frac)), xmin, math.inf)
+    total, _ = quad(lambda x: float(plots.tail_pdf(np.array(x), alpha, xmin, frac)), xmin, math.inf)
     assert total == pytest.approx(frac, rel=1e-6)
 
 
 def test_log_bins_put_xmin_on_an_edge() -> None:
-    bins = plots._log_bins(1.0, 1000.0, 20, anchor=37.0)
+    bins = plots.log_bins(1.0, 1000.0, 20, anchor=37.0)
     assert bins[0] <= 1.0 and bins[-1] >= 1000.0
     assert np.isclose(bins, 37.0).any()
     assert np.allclose(np.diff(np.log10(bins)), 3 / 20)
-    single = plots._log_bins(2.0, 2.0, 10)
+    single = plots.log_bins(2.0, 2.0, 10)
     assert single[0] < 2.0 < single[-1]
 
 

@@ -77,7 +77,7 @@ def _finite_sorted(x: np.ndarray | None) -> np.ndarray:
     return a
 
 
-def _log_bins(lo: float, hi: float, n: int, anchor: float | None = None) -> np.ndarray:
+def log_bins(lo: float, hi: float, n: int, anchor: float | None = None) -> np.ndarray:
     """``n`` log-spaced bins over [lo, hi]; shifted so that ``anchor`` (xmin) is a bin edge."""
     if not hi > lo:  # a single value: give it a visible bin around it
         lo, hi = lo / 1.5, hi * 1.5
@@ -143,7 +143,7 @@ def _title(row: dict) -> str:
     return f"{name}\nfit failed: {reason}"
 
 
-def _tail_pdf(x: np.ndarray, alpha: float, xmin: float, frac: float) -> np.ndarray:
+def tail_pdf(x: np.ndarray, alpha: float, xmin: float, frac: float) -> np.ndarray:
     """Fitted density frac * (alpha-1)/xmin * (x/xmin)^-alpha, normalised to the tail fraction."""
     return frac * (alpha - 1.0) / xmin * (x / xmin) ** (-alpha)
 
@@ -170,7 +170,7 @@ def plot_esd(row: dict, evals: np.ndarray, path: str | os.PathLike,
         lo, hi = min(lo, rlam[0]), max(hi, rlam[-1])
     alpha, xmin, xmax = _finite(row.get("alpha")), _finite(row.get("xmin")), _finite(row.get("xmax"))
     fitted = row.get("status") == "success" and alpha is not None and xmin is not None and xmin > 0
-    bins = _log_bins(lo, hi, _n_bins(lam.size), xmin if fitted else None)
+    bins = log_bins(lo, hi, _n_bins(lam.size), xmin if fitted else None)
 
     # density histogram of the ESD (normalised over the positive eigenvalues shown)
     dens, _ = np.histogram(lam, bins=bins, density=True)
@@ -193,7 +193,7 @@ def plot_esd(row: dict, evals: np.ndarray, path: str | os.PathLike,
         frac = min(1.0, n_tail / lam.size)
         xs = np.logspace(math.log10(xmin), math.log10(upper), 100)
         label = f"power law, alpha = {alpha:.3g}"
-        ax_pdf.plot(xs, _tail_pdf(xs, alpha, xmin, frac), color=_C_FIT, lw=2)
+        ax_pdf.plot(xs, tail_pdf(xs, alpha, xmin, frac), color=_C_FIT, lw=2)
         ax_cdf.plot(xs, frac * (xs / xmin) ** (1.0 - alpha), color=_C_FIT, lw=2, ls="--", label=label)
         ax_pdf.axvline(xmin, color=_C_XMIN, ls=":", lw=1.6)
         ax_cdf.axvline(xmin, color=_C_XMIN, ls=":", lw=1.6, label=f"xmin = {xmin:.3g}")

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from htsr.errors import ConfigError
 from htsr.io import save_png
+from htsr.spectra.plots import log_bins, tail_pdf
 from htsr.spectra.powerlaw import fit_power_law
 
 DPI = 100
@@ -76,7 +77,7 @@ def plot_esds(evals: Mapping[tuple[str, float, int], Mapping[int, np.ndarray]], 
             shown = [s for s in (0, 1) if s in by_step] + ([steps[-1]] if steps[-1] > 1 else [])
             allv = np.concatenate([np.asarray(by_step[s], dtype=np.float64) for s in shown])
             allv = allv[allv > allv.max() * 1e-12]
-            edges = np.logspace(math.log10(allv.min()), math.log10(allv.max()), bins + 1)
+            edges = log_bins(allv.min(), allv.max(), bins)
             for c, s in zip(STEP_COLORS, shown, strict=False):
                 lam = np.asarray(by_step[s], dtype=np.float64)
                 lam = lam[lam > 0]
@@ -87,7 +88,7 @@ def plot_esds(evals: Mapping[tuple[str, float, int], Mapping[int, np.ndarray]], 
                 if s == shown[-1] and fit.ok:
                     xs = np.logspace(math.log10(fit.xmin), math.log10(fit.xmax), 50)
                     frac = fit.n_tail / lam.size
-                    ax.plot(xs, frac * (fit.alpha - 1) / fit.xmin * (xs / fit.xmin) ** (-fit.alpha), "k--", lw=1.2,
+                    ax.plot(xs, tail_pdf(xs, fit.alpha, fit.xmin, frac), "k--", lw=1.2,
                             label="power law (Hill, median xmin)")
             ax.set_xscale("log")
             ax.set_yscale("log")
