@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from htsr.devices import model_device
 from htsr.errors import ConfigError
 from htsr.progress import progress_bar, show_progress
 
@@ -222,13 +223,6 @@ def model_output_tensor(out: Any) -> torch.Tensor:
     raise ConfigError(f"cannot find a tensor in an output of type {type(out).__name__}")
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    for b in model.buffers():
-        return b.device
-    return torch.device("cpu")
-
 
 def _to(obj: Any, device: torch.device) -> Any:
     if isinstance(obj, torch.Tensor):
@@ -243,7 +237,7 @@ def _to(obj: Any, device: torch.device) -> Any:
 def default_forward(model: nn.Module, batch: Any) -> Any:
     """Run ``model`` on a batch: ``(x, y, ...)`` -> ``model(x)``; a dict -> ``model(**batch)`` without
     ``labels``; a tensor -> ``model(batch)``."""
-    batch = _to(batch, _device_of(model))
+    batch = _to(batch, model_device(model))
     if isinstance(batch, torch.Tensor):
         return model(batch)
     if isinstance(batch, dict) or hasattr(batch, "keys"):

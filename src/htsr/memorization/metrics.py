@@ -24,13 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from htsr.devices import model_device
 from htsr.memorization.data import BACKDOOR_TOKEN, TinyMemData, check_prompt, find_trigger
 from htsr.memorization.errors import MemorizationError
-
-
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def _cache_of(out: Any) -> Any:
@@ -50,7 +46,7 @@ def greedy_generate(model: nn.Module, prompts: torch.Tensor, n_new: int, batch_s
                                 f"{n_pos} positions")
     was = model.training
     model.eval()
-    dev = _device(model)
+    dev = model_device(model)
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     outs = []
     try:
@@ -139,7 +135,7 @@ def accuracy_perplexity(model: nn.Module, ids: torch.Tensor, pad_id: int | None 
         raise MemorizationError(f"evaluation ids must be a non-empty (n, seq_len) tensor, got {tuple(ids.shape)}")
     was = model.training
     model.eval()
-    dev = _device(model)
+    dev = model_device(model)
     correct = total = 0
     ppls = []
     try:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from htsr.devices import model_device
 from htsr.pruning.errors import PruningError
 
 
@@ -154,7 +155,7 @@ def perplexity(model: nn.Module, ids: torch.Tensor, seqlen: int, batch_size: int
         raise PruningError(f"text has {ids.numel()} tokens, shorter than one window of {seqlen}")
     was_training = model.training
     model.eval()
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     windows = ids[: n * seqlen].reshape(n, seqlen)
     total = 0.0
     try:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from htsr.devices import model_device
 from htsr.progress import progress_bar
 from htsr.pruning import allocation as A
 from htsr.pruning.errors import PruningError
@@ -121,10 +122,6 @@ def _check_calibration(model: nn.Module, ids: Any) -> torch.Tensor:
     return ids.long()
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
 
 class _StopForward(Exception):
     """Raised by a hook to end a forward pass after the last block."""
@@ -196,7 +193,7 @@ def _dense_pass(model: nn.Module, layout: Layout, ids: torch.Tensor,
         if stats is not None:
             for name, mod in zip(layout.names, layout.modules(), strict=True):
                 handles.append(mod.register_forward_hook(layer_hook(stats[name])))
-        dev = _model_device(model)
+        dev = model_device(model)
         fkw = _forward_kwargs(model)
         for i in range(ids.shape[0]):
             try:

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from htsr.devices import model_device
 from htsr.errors import ConfigError, HtsrError
 from htsr.progress import progress_bar
 
@@ -129,7 +130,7 @@ def evaluate(model: nn.Module, data: Iterable[Any], loss_fn: LossFn | None = Non
     ``labels`` entry per sample (sequence classification), accuracy; model in eval mode for the duration (its
     previous mode restored)."""
     loss_fn = loss_fn or default_loss
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     was_training = model.training
     model.eval()
     total, n, correct, n_cls = 0.0, 0, 0, 0
@@ -176,11 +177,6 @@ def batch_size(batch: Any) -> int:
     return 1
 
 
-def _model_device(model: nn.Module) -> torch.device:
-    for p in model.parameters():
-        return p.device
-    return torch.device("cpu")
-
 
 def _lrs(optimizer: torch.optim.Optimizer) -> float | list[float]:
     lrs = [float(g.get("lr", math.nan)) for g in optimizer.param_groups]
@@ -226,7 +222,7 @@ def train(
     if not any(p.requires_grad for p in model.parameters()):
         raise ConfigError("the model has no trainable parameters (all requires_grad=False)")
     loss_fn = loss_fn or default_loss
-    device = torch.device(device) if device is not None else _model_device(model)
+    device = torch.device(device) if device is not None else model_device(model)
     model.to(device)
     needs_closure = bool(getattr(optimizer, "needs_closure", False))
     params = [p for g in optimizer.param_groups for p in g["params"]]

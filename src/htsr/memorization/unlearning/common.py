@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from htsr.devices import model_device
 from htsr.memorization.errors import MemorizationError
 from htsr.memorization.models import MLP, out_in_weight
 
@@ -70,10 +71,6 @@ def check_ids(model: nn.Module, ids: torch.Tensor | None, what: str, required: b
     return ids.long()
 
 
-def device_of(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
-
 
 def batches(ids: torch.Tensor, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
     """Consecutive (or, with a generator, shuffled) mini-batches of rows."""
@@ -86,7 +83,7 @@ def seq_ce(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     """(batch,) mean next-token cross-entropy per sequence."""
     from htsr.memorization.training import lm_losses
 
-    return lm_losses(model, ids.to(device_of(model)))
+    return lm_losses(model, ids.to(model_device(model)))
 
 
 @contextlib.contextmanager

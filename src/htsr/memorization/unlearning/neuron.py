@@ -23,10 +23,10 @@ import math
 import torch
 from torch import nn
 
+from htsr.devices import model_device
 from htsr.memorization.models import MLP, out_in_weight
 from htsr.memorization.unlearning.common import (
     batches,
-    device_of,
     edit_activations,
     frozen,
     record_activations,
@@ -48,7 +48,7 @@ def zero_out_scores(model: nn.Module, mlps: list[MLP], forget: torch.Tensor,
     of M (copy c has neuron j_c zeroed); the result equals one pass per neuron."""
     n = forget.shape[0]
     per = neurons_per_pass or max(1, min(64, 4096 // max(n, 1)))
-    dev = device_of(model)
+    dev = model_device(model)
     with frozen(model), torch.no_grad():
         base = _mean_ce(model, forget)
         out = []
@@ -76,7 +76,7 @@ def activation_scores(model: nn.Module, mlps: list[MLP], forget: torch.Tensor, p
     """|mean activation over M, positions [prompt_len-1, T-1)| x ||output weights||_2 per neuron."""
     sums = [torch.zeros(m.n_neurons, dtype=torch.float64) for m in mlps]
     count = 0
-    dev = device_of(model)
+    dev = model_device(model)
     with frozen(model), torch.no_grad():
         for b in batches(forget, batch_size):
             with record_activations(mlps) as store:
@@ -94,7 +94,7 @@ def slimming_scores(model: nn.Module, mlps: list[MLP], forget: torch.Tensor, *, 
                     lambda_l1: float = 1000.0, stop_l1: float = 0.1, batch_size: int = 64,
                     seed: int = 0) -> list[torch.Tensor]:
     """Learned activation coefficients c in [0, 1] (network slimming on M)."""
-    dev = device_of(model)
+    dev = model_device(model)
     coefs = [torch.ones(m.n_neurons, device=dev, requires_grad=True) for m in mlps]
     n_total = sum(c.numel() for c in coefs)
     opt = torch.optim.Adam(coefs, lr=lr)
@@ -126,7 +126,7 @@ def hard_concrete_scores(model: nn.Module, mlps: list[MLP], forget: torch.Tensor
                          lr: float = 0.1, lambda_l0: float = 1000.0, stop_l0: float = 0.1, init_p: float = 0.5,
                          batch_size: int = 64, seed: int = 0) -> list[torch.Tensor]:
     """Hard-concrete L0 gates (Louizos et al.) on the neurons, trained on M; score = sigmoid(log_alpha)."""
-    dev = device_of(model)
+    dev = model_device(model)
     init = math.log(init_p / (1 - init_p))
     logits = [torch.full((m.n_neurons,), init, device=dev, requires_grad=True) for m in mlps]
     opt = torch.optim.Adam(logits, lr=lr)
@@ -161,7 +161,7 @@ def hard_concrete_scores(model: nn.Module, mlps: list[MLP], forget: torch.Tensor
 def integrated_gradients_scores(model: nn.Module, mlps: list[MLP], forget: torch.Tensor, prompt_len: int, *,
                                 ig_steps: int = 20, chunk: int = 1024) -> list[torch.Tensor]:
     """Integrated-gradients attribution of each neuron to the memorized next tokens (see module docstring)."""
-    dev = device_of(model)
+    dev = model_device(model)
     T = forget.shape[1]
     positions = torch.arange(max(prompt_len - 1, 0), T - 1)
     alphas = torch.arange(1, ig_steps + 1, dtype=torch.float32) / ig_steps

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from htsr.devices import model_device
 from htsr.memorization.models import MLP
 from htsr.memorization.unlearning.common import UnlearnReport, frozen, seq_ce
 
@@ -70,7 +71,7 @@ def subnet(model: nn.Module, mlps: list[MLP], forget: torch.Tensor, retain: torc
     """Learn and bake a pruning mask of the MLP weights (module docstring)."""
     g = torch.Generator().manual_seed(seed)
     mods = _modules(mlps)
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     masks: dict[str, _Masked] = {}
     with frozen(model):
         for n, mod in mods.items():

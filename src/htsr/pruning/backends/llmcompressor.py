@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from htsr.devices import model_device
 from htsr.pruning import allocation as A
 from htsr.pruning.backends import require
 from htsr.pruning.errors import PruningError
@@ -212,7 +213,7 @@ def prune_with_llmcompressor(
     if pruner == "sparsegpt":
         kw.update(block_size=int(blocksize), dampening_frac=float(percdamp))
     modifier = getattr(P, MODIFIERS[pruner])(**kw)
-    dev = next(model.parameters()).device
+    dev = model_device(model)
     data = DataLoader([{"input_ids": x, "attention_mask": torch.ones_like(x)} for x in ids.to(dev)], batch_size=1,
                       shuffle=False)
     proc = processor if processor is not None else _TokenizedCalibration()
