@@ -386,8 +386,7 @@ def prune_model(
         if needs_data:
             ids = _check_calibration(model, calibration_ids)
             if allocation == "owl":
-                owl_stats = {n: LayerStats(weight_2d(m).shape[1], device=m.weight.device)
-                             for n, m in zip(layout.names, layout.modules(), strict=True)}
+                owl_stats = owl_layer_stats(layout)
             calls = _dense_pass(model, layout, ids, owl_stats)
         if allocation == "owl":
             targets, used, imputed = allocate(model, layout, sparsity, allocation, epsilon, owl_stats=owl_stats,
@@ -401,14 +400,30 @@ def prune_model(
     finally:
         model.train(was_training)
     rows, pruned, total = layer_rows(layout, targets, used)
-    settings = {"pruner": pruner, "allocation": allocation, "epsilon": float(epsilon), "nm": list(nm) if nm else None,
-                "metric": metric if allocation == "alpha" else ("outlier_ratio" if allocation == "owl" else None),
-                "metrics_given": metrics is not None, "mapping": mapping, "max_ratio": max_ratio,
-                "owl_lambda": owl_lambda, "owl_m": owl_m, "blocksize": blocksize, "percdamp": percdamp,
-                "nsamples": None if calibration_ids is None else int(torch.as_tensor(calibration_ids).shape[0]),
-                "seqlen": None if calibration_ids is None else int(torch.as_tensor(calibration_ids).shape[1]),
-                "blocks_path": layout.blocks_path, "model_class": type(model).__name__}
+    settings = report_settings(model, layout, calibration_ids, pruner=pruner, allocation=allocation, epsilon=epsilon,
+                               nm=nm, metric=metric, metrics=metrics, mapping=mapping, max_ratio=max_ratio,
+                               owl_lambda=owl_lambda, owl_m=owl_m, blocksize=blocksize, percdamp=percdamp)
     return PruneReport(rows, sparsity, pruned / total, settings, imputed, time.perf_counter() - t0)
+
+
+def owl_layer_stats(layout: Layout) -> dict[str, LayerStats]:
+    """Empty per-layer input-norm accumulators for OWL's outlier ratios, filled by the dense calibration pass."""
+    return {n: LayerStats(weight_2d(m).shape[1], device=m.weight.device)
+            for n, m in zip(layout.names, layout.modules(), strict=True)}
+
+
+def report_settings(model: nn.Module, layout: Layout, calibration_ids: Any, *, pruner: str, allocation: str,
+                    epsilon: float, nm: NM | None, metric: str, metrics: Any, mapping: str, max_ratio: float | None,
+                    owl_lambda: float, owl_m: float, blocksize: int, percdamp: float) -> dict[str, Any]:
+    """The settings a :class:`PruneReport` records (every backend's report has these keys)."""
+    ids = None if calibration_ids is None else torch.as_tensor(calibration_ids)
+    return {"pruner": pruner, "allocation": allocation, "epsilon": float(epsilon), "nm": list(nm) if nm else None,
+            "metric": metric if allocation == "alpha" else ("outlier_ratio" if allocation == "owl" else None),
+            "metrics_given": metrics is not None, "mapping": mapping, "max_ratio": max_ratio,
+            "owl_lambda": owl_lambda, "owl_m": owl_m, "blocksize": blocksize, "percdamp": percdamp,
+            "nsamples": None if ids is None else int(ids.shape[0]),
+            "seqlen": None if ids is None else int(ids.shape[1]),
+            "blocks_path": layout.blocks_path, "model_class": type(model).__name__}
 
 
 @torch.no_grad()

@@ -45,9 +45,11 @@ from htsr.pruning.models import (
     check_settings,
     find_layout,
     layer_rows,
+    owl_layer_stats,
+    report_settings,
     weight_2d,
 )
-from htsr.pruning.pruners import NM, LayerStats
+from htsr.pruning.pruners import NM
 
 #: htsr pruner name -> llmcompressor modifier class (in ``llmcompressor.modifiers.pruning``)
 MODIFIERS = {"wanda": "WandaPruningModifier", "sparsegpt": "SparseGPTModifier"}
@@ -109,13 +111,12 @@ def check_supported(model: nn.Module, pruner: str, force: bool = False) -> tuple
 
 
 def _targets(model: nn.Module, layout: Any, sparsity: float | None, allocation: str, epsilon: float,
-             calibration_ids: Any, nm: NM | None, alloc_kw: dict, needs_data: bool) -> tuple:
+             calibration_ids: Any, nm: NM | None, alloc_kw: dict) -> tuple:
     """Validate like ``prune_model`` and allocate: (sparsity, nm, targets, metric used, imputed, ids)."""
     sparsity, nm = check_settings(layout, sparsity, allocation, alloc_kw["mapping"], nm)
-    ids = _check_calibration(model, calibration_ids) if needs_data else None
+    ids = _check_calibration(model, calibration_ids)
     if allocation == "owl":
-        stats = {n: LayerStats(weight_2d(m).shape[1], device=m.weight.device)
-                 for n, m in zip(layout.names, layout.modules(), strict=True)}
+        stats = owl_layer_stats(layout)
         was_training = model.training
         model.eval()
         try:
@@ -204,7 +205,7 @@ def prune_with_llmcompressor(
     alloc_kw = dict(metric=metric, metrics=metrics, mapping=mapping, max_ratio=max_ratio, owl_lambda=owl_lambda,
                     owl_m=owl_m)
     sparsity, nm, targets, used, imputed, ids = _targets(model, layout, sparsity, allocation, epsilon,
-                                                         calibration_ids, nm, alloc_kw, needs_data=True)
+                                                         calibration_ids, nm, alloc_kw)
     import llmcompressor.modifiers.pruning as P
     from torch.utils.data import DataLoader
 
@@ -235,13 +236,10 @@ def prune_with_llmcompressor(
     if pruned == sum(before) and any(int(r["shape"][1] * r["target_sparsity"]) > 0 for r in rows):
         raise PruningError("llmcompressor ran but pruned no weight (its modifier matched none of the layers)")
     settings = {"backend": "llmcompressor", "llmcompressor_version": getattr(llmc, "__version__", None),
-                "modifier": MODIFIERS[pruner], "pruner": pruner, "allocation": allocation, "epsilon": float(epsilon),
-                "nm": list(nm) if nm else None,
-                "metric": metric if allocation == "alpha" else ("outlier_ratio" if allocation == "owl" else None),
-                "metrics_given": metrics is not None, "mapping": mapping, "max_ratio": max_ratio,
-                "owl_lambda": owl_lambda, "owl_m": owl_m, "blocksize": blocksize, "percdamp": percdamp,
-                "nsamples": int(ids.shape[0]), "seqlen": int(ids.shape[1]), "blocks_path": layout.blocks_path,
-                "model_class": type(model).__name__}
+                "modifier": MODIFIERS[pruner],
+                **report_settings(model, layout, ids, pruner=pruner, allocation=allocation, epsilon=epsilon, nm=nm,
+                                  metric=metric, metrics=metrics, mapping=mapping, max_ratio=max_ratio,
+                                  owl_lambda=owl_lambda, owl_m=owl_m, blocksize=blocksize, percdamp=percdamp)}
     return PruneReport(rows, sparsity, pruned / total, settings, imputed, time.perf_counter() - t0)
 
 
