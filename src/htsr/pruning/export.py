@@ -19,17 +19,15 @@ here; vLLM v0.19.1 and later removed its 2:4 kernels and refuses checkpoints tha
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from htsr.io import write_json
 from htsr.pruning.backends import require
 from htsr.pruning.errors import PruningError
-from htsr.pruning.models import PruneReport, _is_prunable, find_layout, save_pruned, weight_2d
+from htsr.pruning.models import PruneReport, _is_prunable, find_layout, save_pruned, sparsity_of, weight_2d
 
 FORMATS = ("hf", "compressed-tensors")
 STRUCTURES = ("auto", "2:4", "unstructured")
@@ -87,14 +85,12 @@ def _ct_block(model: nn.Module, structure: str, mark_sparsity: bool | None) -> t
     struct = _check_structure(model, structure)
     if mark_sparsity is None:
         mark_sparsity = struct == "2:4"
-    layout = find_layout(model)
-    zeros = sum(int((weight_2d(m) == 0).sum()) for m in layout.modules())
-    total = sum(weight_2d(m).numel() for m in layout.modules())
+    global_sparsity = sparsity_of(model)
     block: dict[str, Any] = {"quant_method": "compressed-tensors", "format": "dense", "version": ct.__version__,
                              "sparsity_config": {}}
     if mark_sparsity:
         sc = SparsityCompressionConfig.load_from_registry(
-            "dense", global_sparsity=zeros / total, sparsity_structure=struct, targets=["Linear"],
+            "dense", global_sparsity=global_sparsity, sparsity_structure=struct, targets=["Linear"],
             ignore=_dense_linears(model))
         block["sparsity_config"] = sc.model_dump()
     return block, struct
@@ -128,27 +124,8 @@ def export_compressed_tensors(
         export = {"format": "compressed-tensors", "compressed_tensors_version": qc["version"],
                   "sparsity_structure": struct, "sparsity_config_written": bool(qc["sparsity_config"])}
         report = dataclasses.replace(report, settings={**report.settings, "export": export})
-    # Patch config.json inside save_pruned's temporary directory, after whatever save_pretrained the model has
-    # (llmcompressor replaces it with a wrapper that rewrites config.json from the source model's file).
-    own = "save_pretrained" in vars(model)
-    inner = model.save_pretrained
-
-    def save_then_mark(save_directory: str, *args: Any, **kwargs: Any) -> Any:
-        res = inner(save_directory, *args, **kwargs)
-        path = Path(save_directory) / "config.json"
-        data = json.loads(path.read_text(encoding="utf-8"))
-        data["quantization_config"] = qc
-        write_json(path, data)
-        return res
-
-    model.save_pretrained = save_then_mark
-    try:
-        return save_pruned(model, out_dir, report, source_dir=source_dir, overwrite=overwrite)
-    finally:
-        if own:
-            model.save_pretrained = inner
-        else:
-            del model.save_pretrained
+    return save_pruned(model, out_dir, report, source_dir=source_dir, overwrite=overwrite,
+                       config_updates={"quantization_config": qc})
 
 
 def save(model: nn.Module, out_dir: str | Path, report: PruneReport | None = None,

@@ -10,6 +10,7 @@ the inputs of block k+1 are the outputs of the already-pruned block k.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import math
 import os
@@ -473,11 +474,14 @@ def load_model(model_dir: str | Path, dtype: torch.dtype | None = None) -> nn.Mo
 
 
 def save_pruned(model: nn.Module, out_dir: str | Path, report: PruneReport | None = None,
-                source_dir: str | Path | None = None, overwrite: bool = False) -> Path:
+                source_dir: str | Path | None = None, overwrite: bool = False,
+                config_updates: dict[str, Any] | None = None) -> Path:
     """Save the pruned model (safetensors, HF layout) and the JSON report into ``out_dir``.
 
     Written into a temporary sibling directory and renamed into place, so ``out_dir`` is either
     complete or absent; tokenizer files are copied from ``source_dir``; never writes into it.
+    ``config_updates`` are set in the written ``config.json`` after ``save_pretrained`` (whichever the model
+    carries: llmcompressor's wrapper rewrites that file from the source model's).
     """
     out = Path(out_dir).resolve()
     if source_dir is not None and Path(source_dir).resolve().is_relative_to(out):
@@ -490,6 +494,11 @@ def save_pruned(model: nn.Module, out_dir: str | Path, report: PruneReport | Non
         shutil.rmtree(tmp)
     try:
         model.save_pretrained(str(tmp))
+        if config_updates:
+            from htsr.io import write_json
+
+            cfg = tmp / "config.json"
+            write_json(cfg, {**json.loads(cfg.read_text(encoding="utf-8")), **config_updates})
         if source_dir is not None:
             for f in TOKENIZER_FILES:
                 src = Path(source_dir) / f
