@@ -44,3 +44,19 @@ def float_list(s: str) -> list[float]:
 def int_list(s: str) -> list[int]:
     """argparse type for ``1,2,3``: a non-empty list of integers."""
     return _numbers(s, int, "integers")
+
+
+def set_threads(n: int | None) -> None:
+    """``--threads N``: torch's intra-op threads and the BLAS pools (threadpoolctl) set to N; None leaves the
+    libraries' defaults. Raises :class:`~htsr.errors.ConfigError` for N < 1."""
+    if n is None:
+        return
+    from htsr.errors import ConfigError
+
+    if n < 1:
+        raise ConfigError(f"--threads must be >= 1, got {n}")
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(n)
+    threadpool_limits(limits=n, user_api="blas")

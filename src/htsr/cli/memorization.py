@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from htsr.cli.common import error, key_value
+from htsr.cli.common import error, key_value, set_threads
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -78,13 +78,6 @@ TRAIN_DEFAULTS = {"paper": {"noise": (3500, 128), "backdoor": (500, 128)},
                   "tiny": {"noise": (3, 32), "backdoor": (3, 32)}}
 
 
-def _threads(n: int | None) -> None:
-    if n is not None:
-        import torch
-
-        torch.set_num_threads(max(1, n))
-
-
 def _check_out(out: str, inputs: tuple[str, ...] = ()) -> Path:
     from htsr.memorization.errors import MemorizationError
 
@@ -145,8 +138,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from htsr.memorization.compare import train_base
     from htsr.memorization.models import save_testbed
 
-    _threads(args.threads)
     try:
+        set_threads(args.threads)
         cfg = _config(args)
         out = _check_out(args.out)
         epochs, batch = _train_settings(args)
@@ -212,8 +205,8 @@ def cmd_mitigate(args: argparse.Namespace) -> int:
     from htsr.memorization.errors import MemorizationError
     from htsr.memorization.models import save_testbed
 
-    _threads(args.threads)
     try:
+        set_threads(args.threads)
         if args.method not in ALL_METHODS:
             raise MemorizationError(f"unknown method {args.method!r}; expected one of {', '.join(ALL_METHODS)}")
         out = _check_out(args.out, (args.checkpoint,))
@@ -245,8 +238,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from htsr.memorization.errors import MemorizationError
     from htsr.memorization.models import save_testbed
 
-    _threads(args.threads)
     try:
+        set_threads(args.threads)
         out = _check_out(args.out, (args.base,) if args.base else ())
         methods = list(ALL_METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m]
         bad = [m for m in methods if m not in ALL_METHODS]

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from htsr.cli.common import error, key_value
+from htsr.cli.common import error, key_value, set_threads
 
 
 def register(subparsers: Any) -> None:
@@ -59,23 +59,13 @@ def register(subparsers: Any) -> None:
     s.set_defaults(func=cmd_report)
 
 
-def _threads(n: int) -> None:
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    if n < 1:
-        raise ValueError(f"--threads must be >= 1, got {n}")
-    torch.set_num_threads(n)
-    threadpool_limits(limits=n, user_api="blas")
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from htsr.errors import HtsrError
     from htsr.io import write_json
     from htsr.tempbalance.recipes import get_recipe
 
     try:
-        _threads(args.threads)
+        set_threads(args.threads)
         recipe = get_recipe(args.recipe, **dict(args.set))
         metrics, details = recipe.run(args.method, args.fraction, args.seed)
     except (HtsrError, ValueError) as e:
@@ -100,7 +90,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from htsr.tempbalance.recipes import get_recipe, run_comparison
 
     try:
-        _threads(args.threads)
+        set_threads(args.threads)
         recipe = get_recipe(args.recipe, **dict(args.set))
         table = run_comparison(recipe, args.out, fractions=tuple(args.fractions) if args.fractions else None,
                                seeds=tuple(args.seeds), methods=tuple(args.methods), progress=args.progress)

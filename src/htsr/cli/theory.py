@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-from htsr.cli.common import error, float_list
+from htsr.cli.common import error, float_list, set_threads
 
 QUICK = {"n": 400, "n_test": 100, "d": 200, "h": 300}
 TABLE_COLUMNS = ("optimizer", "lr", "n_runs", "alpha_hill", "alpha_ks", "alignment", "kta", "ridge_train_loss",
@@ -95,10 +95,10 @@ def cmd_single_index(args: argparse.Namespace) -> int:
     changes["fix_last_layer"] = not args.train_last_layer
     if args.reference_scaling:
         changes["feature_scaling"] = "reference"
-    if args.threads is not None:
-        if args.threads < 1:
-            return error(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    try:
+        set_threads(args.threads)
+    except ValueError as e:
+        return error(str(e))
     try:
         base = SingleIndexConfig(**changes)
         t0 = time.perf_counter()
