@@ -26,11 +26,11 @@ def digits_cnn() -> Any:
 def digits_data(n_train: int = 1500) -> tuple[Any, Any, Any, Any]:
     """Digits as float images in [0, 1] (N, 1, 8, 8) and labels: the first ``n_train`` for training, the rest test."""
     import torch
-    from sklearn.datasets import load_digits
 
-    d = load_digits()
-    x = torch.tensor(d.images[:, None] / 16.0, dtype=torch.float32)
-    y = torch.tensor(d.target)
+    from htsr.data.digits import digits_arrays
+
+    xa, ya = digits_arrays()
+    x, y = torch.tensor(xa), torch.tensor(ya)  # copies of the cached arrays
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:]
 
 
@@ -39,10 +39,10 @@ def recipe_model(seed: int, epochs: int = 3, weights: str | None = None) -> Any:
     from ``weights`` (a safetensors file of this architecture)."""
     import torch
 
+    from htsr.models import seeded_init
     from htsr.training import seeded_loader, train
 
-    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the global RNG
-        torch.manual_seed(seed)
+    with seeded_init(seed):  # seeded initialisation without touching the global RNG
         model = digits_cnn()
     if weights is not None:
         _load_weights(model, weights)

@@ -15,7 +15,8 @@ from htsr.errors import ConfigError
 
 
 @functools.lru_cache(maxsize=1)
-def _digits() -> tuple[np.ndarray, np.ndarray]:
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """All 1,797 scikit-learn digits as (N, 1, 8, 8) float32 images in [0, 1] and int64 labels (cached)."""
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
@@ -45,7 +46,7 @@ def digits_split(fraction: float = 1.0, seed: int = 0, *, test_size: float = 0.3
     """
     if not 0 < test_size < 1:
         raise ConfigError(f"test_size must be in (0, 1), got {test_size}")
-    x, y = _digits()
+    x, y = digits_arrays()
     test = stratified_subset(y, test_size, np.random.default_rng(split_seed))
     pool = np.setdiff1d(np.arange(y.size), test)
     sub = pool[stratified_subset(y[pool], fraction, np.random.default_rng([seed, 1]))]
