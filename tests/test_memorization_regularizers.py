@@ -91,7 +91,7 @@ def test_regularized_training_finetune_and_checkpoint_roundtrip(tmp_path, torch_
     res, opt = train_testbed(m, d.train, 1, batch_size=64, regularizer=reg, progress=False)
     assert res.state.step == -(-d.train.shape[0] // 64)
     save_testbed(tmp_path / "ck", m, opt, reg.to_extra())
-    m2, extra, opt2 = load_testbed(tmp_path / "ck", optimizer_lr=1e-3)
+    m2, extra, opt2 = load_testbed(tmp_path / "ck", with_optimizer=True)
     assert extra["regularizer"]["name"] == "example_tied_dropout"
     with torch.no_grad():
         assert torch.allclose(m(input_ids=d.tests["increment_7"]).logits, m2(input_ids=d.tests["increment_7"]).logits)
@@ -102,7 +102,7 @@ def test_regularized_training_finetune_and_checkpoint_roundtrip(tmp_path, torch_
     plain = make_model(1, max_ctx=32, n_embd=32, n_head=2)
     _, popt = train_testbed(plain, d.train, 1, batch_size=64, progress=False)
     save_testbed(tmp_path / "plain", plain, popt)
-    p2, _, popt2 = load_testbed(tmp_path / "plain", optimizer_lr=1e-3)
+    p2, _, popt2 = load_testbed(tmp_path / "plain", with_optimizer=True)
     steps0 = float(popt2.state[next(iter(popt2.state))]["step"])
     finetune(p2, d, "clean", optimizer=popt2, epochs=2, batch_size=8, progress=False)
     assert float(popt2.state[next(iter(popt2.state))]["step"]) == steps0 + 2 * 3  # AdamW state resumed

@@ -156,7 +156,7 @@ def _load(path: str):
     from htsr.memorization.data import TinyMemConfig, make_math_data
     from htsr.memorization.models import load_testbed
 
-    model, extra, opt = load_testbed(path, optimizer_lr=1e-3)
+    model, extra, opt = load_testbed(path, with_optimizer=True)
     if "data" not in extra:
         from htsr.errors import SourceError
 

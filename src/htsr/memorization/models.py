@@ -125,11 +125,12 @@ def save_testbed(path: str | Path, model: nn.Module, optimizer: torch.optim.Opti
     return save_checkpoint(path, model, optimizer, meta)
 
 
-def load_testbed(path: str | Path, optimizer_lr: float | None = None) -> tuple[nn.Module, dict[str, Any],
-                                                                            torch.optim.Optimizer | None]:
+def load_testbed(path: str | Path, with_optimizer: bool = False) -> tuple[nn.Module, dict[str, Any],
+                                                                      torch.optim.Optimizer | None]:
     """Rebuild and load a test-bed checkpoint; returns (model, metadata, optimizer or None).
 
-    With ``optimizer_lr`` the AdamW state is restored too (fine-tuning resumes it, as the reference).
+    With ``with_optimizer`` the saved AdamW (its hyper-parameters and state) is restored too, when the checkpoint
+    has one (fine-tuning resumes it, as the reference).
     """
     import json
 
@@ -145,10 +146,10 @@ def load_testbed(path: str | Path, optimizer_lr: float | None = None) -> tuple[n
         raise SourceError(f"{p} is an htsr checkpoint but not a TinyMem one (schema {extra.get('schema')!r})")
     model = make_model(**extra["model"])
     opt = None
-    if optimizer_lr is not None and (p / "optimizer.safetensors").is_file():
+    if with_optimizer and (p / "optimizer.safetensors").is_file():
         from htsr.memorization.training import make_optimizer
 
-        opt = make_optimizer(model, lr=optimizer_lr)
+        opt = make_optimizer(model)  # its param groups (lr included) are replaced by the saved ones
         load_checkpoint(p, model, opt)
     else:
         load_checkpoint(p, model)
