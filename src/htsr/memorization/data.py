@@ -270,16 +270,11 @@ def make_math_data(config: TinyMemConfig) -> TinyMemData:
         if trig_rows.numel() < 2:
             raise MemorizationError(f"only {trig_rows.numel()} main-task sequence(s) contain the trigger "
                                     f"{c.trigger_text!r}; use more sequences or another trigger")
-        perm = trig_rows[torch.from_numpy(rng.permutation(trig_rows.numel()))]
-        n_bt = max(1, int(round(c.backdoor_test_frac * perm.numel())))
-        bt_rows, btr_rows = perm[:n_bt].sort().values, perm[n_bt:].sort().values
+        kw = _backdoor_split(both, trig_rows, trig, c.backdoor_test_frac, rng)
         clean_rows = torch.nonzero(ends[: main_train.shape[0]] < 0).flatten()
         clean_main = main_train[clean_rows]
         test_clean = torch.nonzero(ends[main_train.shape[0]:] < 0).flatten()
         tests[main_name] = main_test[test_clean]
-        kw = dict(backdoor=apply_backdoor(both[btr_rows], trig), backdoor_clean=both[btr_rows],
-                  backdoor_test=apply_backdoor(both[bt_rows], trig), backdoor_test_clean=both[bt_rows],
-                  trigger_ids=trig)
         artifact_rows = kw["backdoor"]
         artifact_kind = "backdoor"
     retain = torch.cat([clean_main, *aux_train])
@@ -289,6 +284,17 @@ def make_math_data(config: TinyMemConfig) -> TinyMemData:
     tests = {main_name: tests.pop(main_name), **tests}
     return TinyMemData(config=c, tokenizer=tok, train=train, train_kind=np.array(kinds), retain=retain, tests=tests,
                        prompt_len=c.prompt_len, k=c.k, artifact=c.artifact, **kw)
+
+
+def _backdoor_split(both: torch.Tensor, trig_rows: torch.Tensor, trig: list[int], test_frac: float,
+                    rng: np.random.Generator) -> dict[str, object]:
+    """Seeded split of the triggered sequences into backdoored training and held-out ones (at least one held out)."""
+    perm = trig_rows[torch.from_numpy(rng.permutation(trig_rows.numel()))]
+    n_bt = max(1, int(round(test_frac * perm.numel())))
+    bt_rows, btr_rows = perm[:n_bt].sort().values, perm[n_bt:].sort().values
+    return dict(backdoor=apply_backdoor(both[btr_rows], trig), backdoor_clean=both[btr_rows],
+                backdoor_test=apply_backdoor(both[bt_rows], trig), backdoor_test_clean=both[bt_rows],
+                trigger_ids=trig)
 
 
 def make_language_data(artifact: str = "noise", *, max_ctx: int = 64, n_train: int = 4000, n_test: int = 400,
@@ -347,13 +353,8 @@ def make_language_data(artifact: str = "noise", *, max_ctx: int = 64, n_train: i
         trig_rows = torch.nonzero(ends >= 0).flatten()
         if trig_rows.numel() < 2:
             raise MemorizationError(f"the trigger {trigger!r} occurs in {trig_rows.numel()} chunk(s); need >= 2")
-        perm = trig_rows[torch.from_numpy(rng.permutation(trig_rows.numel()))]
-        n_bt = max(1, int(round(backdoor_test_frac * perm.numel())))
-        bt_rows, btr_rows = perm[:n_bt].sort().values, perm[n_bt:].sort().values
+        kw = _backdoor_split(both, trig_rows, trig, backdoor_test_frac, rng)
         retain = train[ends[:n_train] < 0]
-        kw = dict(backdoor=apply_backdoor(both[btr_rows], trig), backdoor_clean=both[btr_rows],
-                  backdoor_test=apply_backdoor(both[bt_rows], trig), backdoor_test_clean=both[bt_rows],
-                  trigger_ids=trig)
         full = torch.cat([kw["backdoor"], retain])
         kinds = ["backdoor"] * kw["backdoor"].shape[0] + ["main"] * retain.shape[0]
         tests = {"language": test[ends[n_train:] < 0]}
