@@ -347,4 +347,5 @@ def test_cli_hessian_on_the_recipe_and_bad_input(tmp_path, capsys):
     save_file({"w": torch.zeros(2)}, str(bad))
     assert main(["landscape", "surface", "--weights", str(bad)]) == 2
     assert "not weights of the digits CNN recipe" in capsys.readouterr().err
-    assert main(["landscape", "connect", "--points", "1"]) == 2
+    assert main(["landscape", "connect", "--epochs", "1", "--points", "1"]) == 2
+    assert "num_points must be >= 2" in capsys.readouterr().err

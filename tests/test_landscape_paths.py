@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from htsr.landscape.objective import LandscapeError, Objective
+from htsr.landscape.objective import LandscapeError, NonFiniteLossError, Objective
 from htsr.landscape.paths import (
     BezierCurve,
     evaluate_curve,
@@ -124,7 +124,11 @@ def test_nan_on_a_path_is_a_clear_error(endpoints):
     bad = small_cnn(9)
     with torch.no_grad():
         bad[5].weight.fill_(float("nan"))
-    with pytest.raises(LandscapeError, match=r"loss is nan at t=0\.5 on the linear path"):
+    # a measurement that went non-finite (the CLI exits 1), distinct from bad input (exit 2)
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at t=0\.5 on the linear path"):
         linear_path(a, bad, _loader(100), num_points=3, bn_data=None)
-    with pytest.raises(LandscapeError, match="Bezier curve training failed: non-finite loss"):
+    with pytest.raises(NonFiniteLossError, match="Bezier curve training diverged: non-finite loss"):
         train_bezier(a, bad, _loader(100), epochs=1, progress=False)
+    with pytest.raises(LandscapeError, match="num_points must be >= 2") as bad_input:
+        linear_path(a, a, _loader(100), num_points=1)
+    assert not isinstance(bad_input.value, NonFiniteLossError)

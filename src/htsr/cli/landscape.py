@@ -275,19 +275,16 @@ def cmd_surface(args: argparse.Namespace) -> int:
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
-    """Run ``htsr landscape connect``."""
-
+    """Run ``htsr landscape connect``: exit 1 when the loss is non-finite on a path, 2 for bad input."""
     from htsr.errors import HtsrError
     from htsr.io import write_json
-    from htsr.landscape.objective import LandscapeError
+    from htsr.landscape.objective import NonFiniteLossError
     from htsr.landscape.paths import evaluate_curve, linear_path, train_bezier
     from htsr.training import seeded_loader
 
     msg = _check_common(args)
     if msg:
         return error(msg)
-    if args.points < 2 or args.curve_epochs < 1:
-        return error("--points must be >= 2 and --curve-epochs >= 1")
     try:
         ws = args.weights or [None, None]
         a = recipe_model(args.seed, args.epochs, ws[0])
@@ -305,8 +302,10 @@ def cmd_connect(args: argparse.Namespace) -> int:
         if args.curve in ("bezier", "both"):
             curve, _ = train_bezier(a, b, train_dl, epochs=args.curve_epochs, seed=args.seed, progress=None)
             results.append(evaluate_curve(curve, eval_dl, num_points=args.points))
-    except LandscapeError as e:
+    except NonFiniteLossError as e:
         return error(str(e), 1)
+    except (HtsrError, ValueError) as e:  # bad --points / --curve-epochs, named by the library
+        return error(str(e))
     for r in results:
         m = r.metrics()
         out[r.kind] = {"t": r.t, "loss": r.loss, "error": r.error, **m}
@@ -378,8 +377,8 @@ def cmd_sharpness(args: argparse.Namespace) -> int:
     msg = _check_common(args)
     if msg:
         return error(msg)
-    if args.iters < 1 or args.batch_size < 1 or any(not r > 0 for r in args.rho):
-        return error("--iters and --batch-size must be >= 1 and every --rho > 0")
+    if args.batch_size < 1:  # (--iters and --rho are checked by the library)
+        return error(f"--batch-size must be >= 1, got {args.batch_size}")
     try:
         model = recipe_model(args.seed, args.epochs, args.weights)
         x, y, _, _ = digits_data()

@@ -9,8 +9,8 @@ from __future__ import annotations
 from htsr._lazy import lazy_exports
 
 _WHERE = {
-    "Objective": "objective", "LandscapeError": "objective", "reestimate_bn": "objective",
-    "check_same_architecture": "objective",
+    "Objective": "objective", "LandscapeError": "objective", "NonFiniteLossError": "objective",
+    "reestimate_bn": "objective", "check_same_architecture": "objective",
     "top_eigenvalues": "hessian", "hessian_trace": "hessian", "spectral_density": "hessian",
     "hessian_summary": "hessian", "EigenResult": "hessian", "TraceResult": "hessian", "DensityResult": "hessian",
     "random_direction": "directions", "model_direction": "directions", "plane_through": "directions",

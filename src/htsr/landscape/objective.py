@@ -65,6 +65,11 @@ class LandscapeError(HtsrError, ValueError):
     mismatched architectures, unknown parameter names."""
 
 
+class NonFiniteLossError(LandscapeError):
+    """The measurement itself failed: the loss is NaN/Inf somewhere on a path or during curve training (the
+    input was valid; the CLI exits 1 for this, 2 for bad input)."""
+
+
 def default_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     """The training loop's default loss (:func:`htsr.training.default_loss`)."""
     from htsr.training import default_loss as _dl

@@ -31,6 +31,7 @@ from torch import nn
 from htsr.landscape.objective import (
     LandscapeError,
     LossFn,
+    NonFiniteLossError,
     Objective,
     _Bound,
     check_same_architecture,
@@ -182,7 +183,7 @@ def train_bezier(model_a: nn.Module, model_b: nn.Module, train_data: Any, *, epo
                  **train_kwargs: Any) -> tuple[BezierCurve, Any]:
     """Fit the middle control point of a Bezier curve between two models (Garipov et al.) with the shared
     training loop; returns ``(curve, TrainResult)``. One ``t ~ U(0,1)`` per minibatch (seeded by ``seed``)."""
-    from htsr.training import TrainingError, train
+    from htsr.training import DivergedError, TrainingError, train
 
     if epochs < 1:
         raise LandscapeError(f"epochs must be >= 1, got {epochs}")
@@ -194,6 +195,8 @@ def train_bezier(model_a: nn.Module, model_b: nn.Module, train_data: Any, *, epo
     try:
         result = train(curve, train_data, opt, loss_fn=_curve_loss, epochs=epochs, scheduler=sched,
                        scheduler_interval="epoch", device=device, progress=progress, **train_kwargs)
+    except DivergedError as e:
+        raise NonFiniteLossError(f"Bezier curve training diverged: {e}") from e
     except TrainingError as e:
         raise LandscapeError(f"Bezier curve training failed: {e}") from e
     return curve, result
@@ -206,7 +209,7 @@ def _path_point(model: nn.Module, data: Any, loss_fn: LossFn | None, bn_data: An
     m = Objective(model, data, loss_fn, params=lambda n, p: True).metrics()
     loss, err = float(m["loss"]), float(m.get("error", math.nan))
     if not math.isfinite(loss):
-        raise LandscapeError(f"the loss is {loss} at t={t:.4g} on the {kind} path; the models or the curve "
+        raise NonFiniteLossError(f"the loss is {loss} at t={t:.4g} on the {kind} path; the models or the curve "
                              "produce non-finite outputs there")
     return loss, err
 

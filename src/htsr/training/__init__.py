@@ -3,6 +3,7 @@
 from htsr.training.checkpoint import load_checkpoint, save_checkpoint
 from htsr.training.loop import (
     Callback,
+    DivergedError,
     TrainingError,
     TrainResult,
     TrainState,
@@ -12,5 +13,5 @@ from htsr.training.loop import (
     train,
 )
 
-__all__ = ["Callback", "TrainResult", "TrainState", "TrainingError", "default_loss", "evaluate", "load_checkpoint",
-           "save_checkpoint", "seeded_loader", "train"]
+__all__ = ["Callback", "DivergedError", "TrainResult", "TrainState", "TrainingError", "default_loss", "evaluate",
+           "load_checkpoint", "save_checkpoint", "seeded_loader", "train"]

@@ -34,6 +34,10 @@ class TrainingError(HtsrError):
     """Training cannot go on (non-finite loss, empty data, bad batch)."""
 
 
+class DivergedError(TrainingError):
+    """The loss became NaN/Inf: the run diverged (the input itself was usable)."""
+
+
 @dataclass
 class TrainState:
     """What callbacks see and may change (``stop = True`` ends training after the current step)."""
@@ -256,7 +260,7 @@ def train(
                 if loss.ndim != 0:
                     raise TrainingError(f"loss_fn must return a scalar, got shape {tuple(loss.shape)}")
                 if not torch.isfinite(loss):
-                    raise TrainingError(f"non-finite loss {float(loss.detach())} at epoch {epoch}, step {state.step}; "
+                    raise DivergedError(f"non-finite loss {float(loss.detach())} at epoch {epoch}, step {state.step}; "
                                         "lower the learning rate or check the data")
                 loss.backward()
                 if grad_clip is not None:
