@@ -79,7 +79,7 @@ def test_trainer_runs_emnlp_recipe(tmp_path, torch_one_thread):
     # the history recorded block alphas and distinct multipliers, logs carry TB state
     h = sched.history
     assert set(h["unit"]) == set(sched.units_) and h["value"].notna().all()
-    assert any("tb_mean_alpha" in r for r in trainer.state.log_history)
+    assert any("tb_mean_value" in r for r in trainer.state.log_history)
     assert all(math.isfinite(r["tb_time_s"]) for r in trainer.state.log_history if "tb_time_s" in r)
     changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
     assert any(n.startswith("bert.encoder.layer.0") for n in changed)

@@ -21,7 +21,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", choices=["increment", "mult"], default="increment")
     p.add_argument("--data", type=key_value, action="append", default=[], metavar="KEY=VALUE",
                    help="override a TinyMemConfig field, e.g. --data n_noise=200 --data prompt_len=16")
-    p.add_argument("--layers", type=int, default=2, help="transformer blocks (1-16; default 2)")
+    p.add_argument("--layers", type=int, default=2, help="transformer blocks (1-64; default 2; the paper uses 1-16)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the preset's)")
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: the preset's)")
     p.add_argument("--seed", type=int, default=0)

@@ -102,7 +102,7 @@ def _callback_base() -> type:
 
 
 class TempBalanceHFCallback(_callback_base()):  # type: ignore[misc]
-    """Adds TempBalance's state to the Trainer's logs at every logging step: ``tb_updates``, ``tb_mean_alpha``
+    """Adds TempBalance's state to the Trainer's logs at every logging step: ``tb_updates``, ``tb_mean_value``
     (mean metric over tuned units), ``tb_min_mult``/``tb_max_mult`` and ``tb_time_s`` (time spent recomputing);
     the per-unit trajectory stays in ``scheduler.history``."""
 
@@ -112,10 +112,7 @@ class TempBalanceHFCallback(_callback_base()):  # type: ignore[misc]
         self.tb = scheduler
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        vals = [v for v in self.tb.values_.values() if math.isfinite(v)]
-        entry = {"tb_updates": self.tb.n_updates, "tb_mean_alpha": float(sum(vals) / len(vals)) if vals else None,
-                 "tb_min_mult": min(self.tb.multipliers_.values()), "tb_max_mult": max(self.tb.multipliers_.values()),
-                 "tb_time_s": self.tb.metric_time_s}
+        entry = {"tb_updates": self.tb.n_updates, **self.tb.summary()}
         if logs is not None:
             logs.update(entry)
         if state.log_history:

@@ -349,6 +349,14 @@ class TempBalance:
             g["tb_multiplier"] = m
             g["lr"] = g["tb_base_lr"] * m
 
+    def summary(self) -> dict[str, float]:
+        """What the training callbacks log: ``tb_mean_value`` (mean metric over the tuned units, NaN if none is
+        finite), ``tb_min_mult``/``tb_max_mult`` and ``tb_time_s`` (time spent recomputing the metric)."""
+        vals = [v for v in self.values_.values() if math.isfinite(v)]
+        return {"tb_mean_value": float(np.mean(vals)) if vals else math.nan,
+                "tb_min_mult": min(self.multipliers_.values()), "tb_max_mult": max(self.multipliers_.values()),
+                "tb_time_s": self.metric_time_s}
+
     def step(self, base_lr: float | None = None) -> None:
         """One scheduling period (an epoch or a step): advance the base schedule, recompute the metric every
         ``interval`` calls, set each group's rate to base rate x multiplier. ``base_lr`` (without a
@@ -515,8 +523,4 @@ class TempBalanceCallback(Callback):
     def on_epoch_end(self, state: TrainState, logs: dict[str, Any]) -> None:
         if self.every == "epoch":
             self.tb.step()
-        vals = [v for v in self.tb.values_.values() if math.isfinite(v)]
-        logs["tb_mean_value"] = float(np.mean(vals)) if vals else math.nan
-        logs["tb_min_mult"] = min(self.tb.multipliers_.values())
-        logs["tb_max_mult"] = max(self.tb.multipliers_.values())
-        logs["tb_time_s"] = self.tb.metric_time_s
+        logs.update(self.tb.summary())
