@@ -139,8 +139,10 @@ def test_unknown_options_from_cli(capsys):
     with pytest.raises(SystemExit) as e:
         main(["analyze", "--example", "minilm", "--bogus"])
     assert e.value.code == 2
-    assert main(["analyze", "--example", "minilm", "--out", "x.xlsx"]) == 2
-    assert "unsupported format" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["analyze", "--example", "minilm", "--out", "x.xlsx"])
+    assert e.value.code == 2
+    assert "unsupported file type '.xlsx'" in capsys.readouterr().err
 
 
 def test_source_of_wrong_type():

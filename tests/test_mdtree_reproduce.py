@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from htsr.cli.diagnose import TASK_NAMES
 from htsr.cli.main import main
+from htsr.diagnosis.cli import TASK_NAMES
 from htsr.diagnosis.mdtree import TASKS
 from htsr.diagnosis.reproduce import CASES, MD_TREE, TOLERANCE, reproduce_table
 

@@ -55,7 +55,7 @@ def weights(m):
 
 
 def run(argv):
-    from htsr.cli.prune import register
+    from htsr.pruning.cli import register
 
     p = argparse.ArgumentParser(prog="htsr")
     register(p.add_subparsers(dest="command", required=True))

@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from htsr.cli.prune import register
 from htsr.pruning import PruningError
 from htsr.pruning import evaluation as E
+from htsr.pruning.cli import register
 from htsr.pruning.models import REPORT_FILE, sparsity_of, weight_2d
 
 transformers = pytest.importorskip("transformers")

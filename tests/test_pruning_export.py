@@ -146,7 +146,7 @@ def test_export_bad_input(tmp_path):
 
 
 def run(argv):
-    from htsr.cli.prune import register
+    from htsr.pruning.cli import register
 
     p = argparse.ArgumentParser(prog="htsr")
     register(p.add_subparsers(dest="command", required=True))

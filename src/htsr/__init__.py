@@ -7,7 +7,7 @@ side effects (no logging configuration, warning filters or prints).
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from htsr._version import __version__
 
 __all__ = ["__version__", "analyze", "Analysis", "AnalysisConfig", "make_config", "PRESETS", "fit_power_law"]
 

@@ -1,4 +1,9 @@
-"""Exceptions with messages that say what was wrong and what was expected."""
+"""Exceptions with messages that say what was wrong and what was expected.
+
+The command line maps them to exit codes once, in :func:`htsr.cli.main.main`: :class:`MeasurementError` (the
+input was valid, the measurement failed: a diverged training, a non-finite loss) exits 1; every other
+:class:`HtsrError` is bad input or usage and exits 2; anything else is a bug in htsr (a traceback, exit 70).
+"""
 
 from __future__ import annotations
 
@@ -13,3 +18,8 @@ class SourceError(HtsrError, ValueError):
 
 class ConfigError(HtsrError, ValueError):
     """An unknown preset, option or option value."""
+
+
+class MeasurementError(HtsrError):
+    """The input was valid but the measurement failed (training diverged, the loss is NaN/Inf, every method of a
+    comparison failed). The CLI exits 1 for it."""

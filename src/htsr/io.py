@@ -1,34 +1,66 @@
-"""The one results writer: atomic JSON / CSV / Parquet output of tables and analyses."""
+"""The one results writer: atomic files (JSON, CSV, Parquet, PNG, directories) that never clobber an input.
+
+* :func:`atomic_write` writes through a temporary file beside the target and renames it into place: a crash leaves
+  the old file (or nothing). A replaced file keeps its permissions; a new one gets the umask's (not the 0600 of
+  the temporary file).
+* :func:`check_not_input` refuses an output path that is, or lies inside, an input (file or directory).
+* :func:`replace_dir` fills a directory atomically: written as a hidden sibling, then renamed into place. An
+  existing directory is replaced only with ``overwrite`` and only when it is empty or holds :data:`MARKER` (a
+  previous htsr output); a symlink is never followed into deletion.
+* CSV cells that a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@`` at the start of a text cell)
+  are quoted with a leading apostrophe; :func:`safe_text` escapes control characters for the terminal.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
+import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from htsr.spectra.analysis import Analysis
+from htsr.errors import ConfigError, HtsrError
 
-FORMATS = (".json", ".csv", ".parquet")
+#: A file that marks a directory as written by htsr (``--overwrite`` replaces only such directories).
+MARKER = ".htsr-output"
+TABLE_FORMATS = (".csv", ".parquet")
+
+
+class OutputError(HtsrError, ValueError):
+    """An output path that would overwrite an input, or a directory htsr may not replace."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
     """Call ``writer(tmp)`` on a temporary file beside ``path``, then rename it into place.
 
-    A crash or error leaves any existing file at ``path`` untouched.
+    A crash or error leaves any existing file at ``path`` untouched. The result has the replaced file's mode, or
+    ``0o666 & ~umask`` when new.
     """
     path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path} is a directory; expected a file path")
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         writer(Path(tmp))
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -36,11 +68,72 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Pat
     return path
 
 
+def _resolved(p: str | os.PathLike) -> Path:
+    return Path(os.path.abspath(p)).resolve()
+
+
+def check_not_input(output: str | os.PathLike, inputs: Iterable[Any]) -> None:
+    """Raise :class:`OutputError` when ``output`` is one of ``inputs`` or lies inside an input directory (symlinks
+    resolved). Inputs that are not paths (models, dicts, None) are ignored."""
+    out = _resolved(output)
+    for src in inputs:
+        if not isinstance(src, str | os.PathLike):
+            continue
+        inp = _resolved(src)
+        if out == inp:
+            raise OutputError(f"output {output} is the input {src}; choose another output path")
+        if inp.is_dir() and out.is_relative_to(inp):
+            raise OutputError(f"output {output} lies inside the input directory {src}; choose a path outside it")
+
+
+def replace_dir(out_dir: str | os.PathLike, fill: Callable[[Path], None], *, overwrite: bool = False,
+                inputs: Iterable[Any] = ()) -> Path:
+    """Write a directory atomically: ``fill(tmp)`` fills a hidden sibling, which is renamed to ``out_dir``.
+
+    ``out_dir`` must not exist, be empty, or (with ``overwrite``) be a previous htsr output holding
+    :data:`MARKER`. A symlink at ``out_dir`` is refused, never followed. The marker is written into the result.
+    """
+    given = Path(out_dir)
+    check_not_input(given, inputs)
+    if given.is_symlink():
+        raise OutputError(f"{given} is a symbolic link; htsr never replaces what a link points to: give a real path")
+    out = _resolved(given)
+    if out.exists():
+        if not out.is_dir():
+            raise OutputError(f"{out} exists and is not a directory")
+        contents = list(out.iterdir())
+        if contents and not overwrite:
+            raise OutputError(f"{out} exists and is not empty (pass --overwrite to replace a previous htsr output)")
+        if contents and not (out / MARKER).is_file():
+            raise OutputError(f"{out} is not empty and was not written by htsr (no {MARKER} file); refusing to "
+                              "delete it: choose a new or empty directory")
+        if out == Path.cwd().resolve() or Path.cwd().resolve().is_relative_to(out):
+            raise OutputError(f"{out} is the current directory (or contains it); choose another output directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        fill(tmp)
+        (tmp / MARKER).write_text("written by htsr; --overwrite may replace this directory\n")
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def save_png(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
     """Write a matplotlib ``Figure`` as a PNG atomically and clear it. An Agg canvas is attached explicitly:
     no pyplot, no global backend, no figure left registered anywhere."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    check_suffix(path, (".png",), "a plot")
     FigureCanvasAgg(fig)
     try:
         return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
@@ -48,18 +141,31 @@ def save_png(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
         fig.clear()
 
 
-def _jsonable(v: Any) -> Any:
+def check_suffix(path: str | os.PathLike, suffixes: Iterable[str], what: str) -> str:
+    """The lower-case suffix of ``path``, or :class:`~htsr.errors.ConfigError` when it is not one of ``suffixes``."""
+    suffixes = tuple(suffixes)
+    suffix = Path(path).suffix.lower()
+    if suffix not in suffixes:
+        raise ConfigError(f"{path}: unsupported file type {suffix or '(none)'!r} for {what}; expected "
+                          f"{', '.join(suffixes)}")
+    return suffix
+
+
+def jsonable(v: Any) -> Any:
+    """``v`` with numpy scalars/arrays, tuples and non-finite floats made JSON-able (NaN/Inf become null)."""
     if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, (np.integer,)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
+        return {str(k): jsonable(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [jsonable(x) for x in v]
+    if isinstance(v, np.integer | np.bool_):
+        return v.item()
+    if isinstance(v, float | np.floating):
         f = float(v)
         return f if math.isfinite(f) else None  # JSON has no NaN: null means "not available"
     if isinstance(v, np.ndarray):
-        return _jsonable(v.tolist())
+        return jsonable(v.tolist())
+    if isinstance(v, Path):
+        return str(v)
     return v
 
 
@@ -67,35 +173,44 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
     """Write ``obj`` as JSON atomically (NaN/Inf become null)."""
 
     def w(tmp: Path) -> None:
-        tmp.write_text(json.dumps(_jsonable(obj), indent=2, allow_nan=False))
+        tmp.write_text(json.dumps(jsonable(obj), indent=2, allow_nan=False))
 
     return atomic_write(path, w)
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _defuse(v: Any) -> Any:
+    if isinstance(v, str) and v.startswith(_FORMULA_START):
+        return "'" + v
+    return v
+
+
+def csv_safe(df):
+    """A copy of a DataFrame whose text cells cannot run as spreadsheet formulas (leading ``'`` added)."""
+    from pandas.api.types import is_object_dtype, is_string_dtype
+
+    out = df.copy()
+    for c in out.columns:
+        if is_object_dtype(out[c]) or is_string_dtype(out[c]):
+            out[c] = out[c].map(_defuse)
+    return out
+
+
 def write_table(path: str | os.PathLike, df) -> Path:
-    """Write a DataFrame as .csv or .parquet (by extension) atomically."""
-    suffix = Path(path).suffix.lower()
+    """Write a DataFrame as .csv (text cells defused for spreadsheets) or .parquet, by extension, atomically."""
+    suffix = check_suffix(path, TABLE_FORMATS, "a table")
     if suffix == ".csv":
-        return atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
-    if suffix == ".parquet":
-        return atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
-    raise ValueError(f"unsupported table format {suffix!r}; expected .csv or .parquet")
+        safe = csv_safe(df)
+        return atomic_write(path, lambda tmp: safe.to_csv(tmp, index=False))
+    return atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
-def write_analysis(analysis: Analysis, path: str | os.PathLike) -> Path:
-    """An Analysis as JSON (schema ``htsr.analysis/1``: metadata, summary, rows), CSV or Parquet."""
-    suffix = Path(path).suffix.lower()
-    if suffix not in FORMATS:
-        raise ValueError(f"unsupported output format {suffix!r}; expected one of {', '.join(FORMATS)}")
-    if suffix == ".json":
-        return write_json(path, {"schema": analysis.metadata["schema"], "metadata": analysis.metadata,
-                                 "summary": analysis.summary(), "rows": analysis.rows})
-    return write_table(path, analysis.to_pandas())
+_CONTROL = {i: f"\\x{i:02x}" for i in (*range(0x00, 0x20), 0x7F)}
+_CONTROL.update({0x9B: "\\x9b"})
 
 
-def read_analysis_json(path: str | os.PathLike) -> dict:
-    """Read back a JSON analysis, checking its schema version."""
-    data = json.loads(Path(path).read_text())
-    if not str(data.get("schema", "")).startswith("htsr.analysis/"):
-        raise ValueError(f"{path}: not an htsr analysis file (schema={data.get('schema')!r})")
-    return data
+def safe_text(s: Any) -> str:
+    """``str(s)`` with control characters (terminal escape sequences, newlines) shown as ``\\xNN``."""
+    return str(s).translate(_CONTROL)

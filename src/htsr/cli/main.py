@@ -1,177 +1,104 @@
-"""``htsr`` command line: ``htsr analyze SOURCE`` prints a per-layer table and a summary.
+"""The ``htsr`` command: sub-commands found in the method packages, and the one error rule.
 
-Exit codes: 0 success (individual layers may still be failed/skipped, see their
-status), 1 no layer could be analysed, 2 bad usage or an unreadable source.
+Each package ``htsr/<name>/`` that has a ``cli.py`` with ``register(subparsers)`` contributes its sub-commands;
+a new method adds its folder and nothing here. Exit codes (docs/cli.md):
+
+* 0: the command ran (individual layers or cells may still be failed/skipped, see their status);
+* 1: the measurement failed (:class:`~htsr.errors.MeasurementError`: diverged, non-finite loss, every method of
+  a comparison failed, no layer could be analysed);
+* 2: bad usage or input (argparse errors and every other :class:`~htsr.errors.HtsrError`, unreadable files);
+* 70: a bug in htsr (the traceback is shown with a request to report it);
+* 130: interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import logging
-import math
+import os
+import pkgutil
 import sys
+import traceback
 from collections.abc import Sequence
-from pathlib import Path
 
-from htsr import __version__
+from htsr._version import __version__
 
 log = logging.getLogger("htsr.cli")
 
-TABLE_COLUMNS = ("name", "kind", "N", "M", "num_evals", "status", "alpha", "xmin", "D", "n_tail", "alpha_hat",
-                 "log_spectral_norm", "stable_rank", "time_s")
+#: Packages whose sub-commands come first in ``htsr --help`` (the rest follow in alphabetical order).
+FIRST = ("spectra",)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 70, 130
 
 
-# Each method's sub-commands live in ``htsr/cli/<name>.py`` with a ``register(subparsers)`` function.
-COMMAND_MODULES: tuple[str, ...] = (
-    "tempbalance",
-    "prune",
-    "diagnose",
-    "theory",
-    "memorization",
-    "landscape",
-)
+def command_packages() -> list[str]:
+    """The ``htsr`` sub-packages that have a ``cli`` module, in help order."""
+    import htsr
 
-
-def _csv(s: str) -> tuple[str, ...]:
-    return tuple(x.strip() for x in s.split(",") if x.strip())
+    names = [m.name for m in pkgutil.iter_modules(htsr.__path__) if m.ispkg and m.name != "cli"]
+    found = [n for n in names if importlib.util.find_spec(f"htsr.{n}.cli") is not None]
+    return sorted(found, key=lambda n: (n not in FIRST, FIRST.index(n) if n in FIRST else 0, n))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="htsr", description="Heavy-tailed self-regularisation diagnostics.")
+    p = argparse.ArgumentParser(prog="htsr", description="Heavy-tailed self-regularisation diagnostics and the "
+                                                         "methods built on them. Exit codes: 0 ran, 1 the "
+                                                         "measurement failed, 2 bad usage or input, 70 a bug, "
+                                                         "130 interrupted.")
     p.add_argument("--version", action="version", version=f"htsr {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    a = sub.add_parser("analyze", help="per-layer spectra, power-law fits and metrics of a model's weights",
-                       description="Analyse every weight matrix of a model: power-law alpha of its "
-                                   "eigenvalue tail and spectral metrics, one row per matrix.")
-    src = a.add_mutually_exclusive_group(required=True)
-    src.add_argument("source", nargs="?",
-                     help="a .safetensors file, a sharded/HF model directory, an index JSON, a LoRA adapter "
-                          "directory (--lora), or a .bin/.pt (--allow-pickle)")
-    src.add_argument("--example", choices=["minilm"], help="embedded real model: all-MiniLM-L6-v2 (offline)")
-    a.add_argument("--preset", default="htsr", help="htsr (default), weightwatcher, tempbalance, alphapruning")
-    a.add_argument("--layers", type=_csv, default=(), metavar="GLOBS",
-                   help="comma-separated globs (or re:REGEX) on full module paths to include")
-    a.add_argument("--exclude", type=_csv, default=(), metavar="GLOBS", help="globs (or re:REGEX) to exclude")
-    a.add_argument("--kinds", type=_csv, default=None, help="layer kinds, e.g. linear,conv2d")
-    a.add_argument("--embeddings", action="store_true", default=None, help="also analyse embedding matrices")
-    a.add_argument("--split-qkv", action="store_true", default=None, help="split fused QKV projections in three")
-    a.add_argument("--xmin-rule", choices=["ks", "median", "fraction", "peak"], default=None)
-    a.add_argument("--xmin-pos", type=float, default=None, help="median/fraction rule: xmin at index N/xmin_pos")
-    a.add_argument("--fingers", choices=["clip_xmax"], default=None, help="remove spurious top eigenvalues")
-    a.add_argument("--tpl", action="store_true", default=None, help="also fit a truncated power law")
-    a.add_argument("--gof", action="store_true", default=None,
-                   help="goodness of fit: bootstrap p-value, likelihood ratios vs lognormal/exponential")
-    a.add_argument("--mp-fit", action="store_true", default=None, help="Marchenko-Pastur bulk fit and spikes")
-    a.add_argument("--randomize", action="store_true", default=None, help="compare with the shuffled-weights ESD")
-    a.add_argument("--seed", type=int, default=None, help="seed for every random step (default 0)")
-    a.add_argument("--min-evals", type=int, default=None)
-    a.add_argument("--device", default=None, help="cpu (default), cuda, cuda:N or auto")
-    a.add_argument("--precision", choices=["auto", "float32", "float64"], default=None)
-    a.add_argument("--workers", type=int, default=None, help="layers in parallel on CPU (0 = auto)")
-    a.add_argument("--base", default=None, help="base model: analyse W - W_base, matched by name")
-    a.add_argument("--lora", action="store_true", help="SOURCE is a PEFT LoRA adapter: analyse B @ A")
-    a.add_argument("--allow-pickle", action="store_true",
-                   help="allow .bin/.pt pickle checkpoints (loaded with torch.load(weights_only=True))")
-    a.add_argument("--out", "-o", action="append", default=[], metavar="FILE",
-                   help="write results: .json (versioned schema), .csv or .parquet; repeatable")
-    a.add_argument("--plot", metavar="DIR", default=None, help="write per-layer ESD plots and an alpha chart (PNG)")
-    a.add_argument("--all-columns", action="store_true", help="print every column, not the main ones")
-    a.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar with per-layer timing (default: when stderr is a terminal)")
-    a.add_argument("--quiet", "-q", action="store_true", help="print only the summary")
-    a.set_defaults(func=cmd_analyze)
-
-    import importlib
-
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"htsr.cli.{name}").register(sub)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in command_packages():
+        importlib.import_module(f"htsr.{name}.cli").register(sub)
     return p
 
 
-_OPTION_ARGS = ("preset", "kinds", "xmin_rule", "xmin_pos", "fingers", "tpl", "gof", "mp_fit", "randomize", "seed",
-                "min_evals", "device", "precision", "workers")
+def _oserror_text(e: OSError) -> str:
+    if e.filename is not None and e.strerror:
+        return f"{e.filename}: {e.strerror}"
+    return str(e)
 
 
-def _format_table(df, all_columns: bool) -> str:
-    import pandas as pd
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command under the error rule (see the module docstring); returns the exit code."""
+    from htsr.cli.common import check_outputs, error, set_threads
+    from htsr.errors import HtsrError, MeasurementError
 
-    cols = list(df.columns) if all_columns else [c for c in TABLE_COLUMNS if c in df.columns]
-    view = df[cols].copy()
-    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
-                           "display.float_format", lambda v: f"{v:.4g}"):
-        return view.to_string(index=False)
-
-
-def _format_summary(summary: dict) -> str:
-    parts = [f"{summary['n_success']}/{summary['n_rows']} layers fitted"]
-    for k in ("n_failed", "n_skipped", "n_error"):
-        if summary.get(k):
-            parts.append(f"{summary[k]} {k[2:]}")
-    head = ", ".join(parts)
-    vals = [f"{k}={v:.4g}" for k, v in summary.items() if not k.startswith("n_") and isinstance(v, float)
-            and math.isfinite(v)]
-    return "summary: " + head + ("\n  mean over fitted layers: " + " ".join(vals) if vals else "")
-
-
-def cmd_analyze(args: argparse.Namespace) -> int:
-    from htsr.errors import HtsrError
-    from htsr.examples import example_path
-    from htsr.spectra.analysis import analyze
-
-    for out in args.out:
-        if Path(out).suffix.lower() not in (".json", ".csv", ".parquet"):
-            print(f"htsr: error: --out {out}: unsupported format; expected .json, .csv or .parquet", file=sys.stderr)
-            return 2
-    opts = {k: getattr(args, k) for k in _OPTION_ARGS if getattr(args, k) is not None and k != "preset"}
-    if args.layers:
-        opts["layers"] = args.layers
-    if args.exclude:
-        opts["exclude"] = args.exclude
-    if args.embeddings:
-        opts["include_embeddings"] = True
-    if args.split_qkv:
-        opts["split_qkv"] = True
-    from htsr.progress import show_progress
-
-    progress = show_progress(args.progress)
     try:
-        source = example_path(args.example) if args.example else args.source
-        result = analyze(source, args.preset, base=args.base, lora=args.lora, allow_pickle=args.allow_pickle,
-                         progress=progress, **opts)
-    except (HtsrError, ValueError, OSError) as e:
-        print(f"htsr: error: {e}", file=sys.stderr)
-        return 2
-    df = result.to_pandas()
-    summary = result.summary()
-    if not args.quiet:
-        if len(df):
-            print(_format_table(df, args.all_columns))
-        for r in result.rows:
-            if r["status"] in ("failed", "error"):
-                print(f"  {r['status']}: {r['name']}: {r['reason']}", file=sys.stderr)
-    print(_format_summary(summary))
-    try:
-        for out in args.out:
-            path = result.save(out)
-            print(f"wrote {path}", file=sys.stderr)
-        if args.plot:
-            paths = result.plot(args.plot)
-            print(f"wrote {len(paths)} plot(s) to {args.plot}", file=sys.stderr)
-    except (OSError, ValueError) as e:
-        print(f"htsr: error: cannot write output: {e}", file=sys.stderr)
-        return 2
-    if summary["n_rows"] == 0:
-        print("htsr: error: no weight matrices found in the source", file=sys.stderr)
-        return 1
-    return 0
+        check_outputs(args)
+        set_threads(getattr(args, "threads", None))
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("\nhtsr: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `htsr analyze ... | head`: the reader left; not an error of ours
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115  (silence the interpreter's flush at exit)
+        except OSError:
+            pass
+        return EXIT_OK
+    except MeasurementError as e:
+        return error(str(e), EXIT_FAILED)
+    except HtsrError as e:
+        return error(str(e), EXIT_USAGE)
+    except OSError as e:
+        return error(_oserror_text(e), EXIT_USAGE)
+    except Exception:
+        traceback.print_exc()
+        print(f"htsr: internal error: this is a bug in htsr {__version__}; please report it with the command "
+              "line and the traceback above", file=sys.stderr)
+        return EXIT_BUG
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("\nhtsr: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     logging.basicConfig(level=logging.WARNING, format="htsr: %(levelname)s: %(message)s")  # CLI only
-    return int(args.func(args))
+    return run(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -50,7 +50,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from htsr.errors import HtsrError
+from htsr.errors import HtsrError, MeasurementError
 from htsr.training.loop import batch_size  # noqa: F401  (re-exported: one implementation)
 
 __all__ = ["LandscapeError", "Objective", "LossFn", "is_batch", "batch_size", "default_loss", "select_parameters",
@@ -65,7 +65,7 @@ class LandscapeError(HtsrError, ValueError):
     mismatched architectures, unknown parameter names."""
 
 
-class NonFiniteLossError(LandscapeError):
+class NonFiniteLossError(LandscapeError, MeasurementError):
     """The measurement itself failed: the loss is NaN/Inf somewhere on a path or during curve training (the
     input was valid; the CLI exits 1 for this, 2 for bad input)."""
 

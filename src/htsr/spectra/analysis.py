@@ -8,7 +8,7 @@ import os
 import time
 import zlib
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from htsr import __version__
+from htsr._version import __version__
 from htsr.errors import SourceError
 from htsr.spectra import metrics as M
 from htsr.spectra import powerlaw as PL
@@ -35,6 +35,8 @@ from htsr.spectra.sources import (
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "htsr.analysis/1"
+SAVE_FORMATS = (".json", ".csv", ".parquet")
+NAN_POLICIES = ("nan", "mean", "drop", "raise")
 
 #: Tensors with at least this many elements are analysed one at a time with all BLAS threads
 #: (bounded memory); smaller ones are spread over ``workers`` threads.
@@ -112,11 +114,58 @@ class Analysis:
         """Row name -> alpha (NaN for rows without a successful fit)."""
         return {r["name"]: (r.get("alpha", math.nan) if r["status"] == "success" else math.nan) for r in self.rows}
 
-    def save(self, path: str | Path) -> Path:
-        """Write JSON (versioned schema), CSV or Parquet by extension, atomically."""
-        from htsr.io import write_analysis
+    def metric(self, column: str = "alpha", names: Iterable[str] | None = None, *, policy: str = "nan",
+               statuses: Sequence[str] = ("success", "failed")) -> MetricVector:
+        """One metric per layer, with a reason for every value that is not finite, and a named NaN policy.
 
-        return write_analysis(self, path)
+        Args:
+            column: a row column (``alpha``, ``alpha_hat``, ``stable_rank``, ``log_spectral_norm`` ...).
+            names: the rows wanted, in the order wanted, by row name or module path (a module path with several
+                rows, e.g. split QKV, is an error); default: every row, in analysis order.
+            policy: what a non-finite value becomes: ``nan`` (kept; the caller decides), ``mean`` (the mean of
+                the finite values, listed in ``imputed``), ``drop`` (left out), ``raise`` (a
+                :class:`~htsr.errors.ConfigError` naming the layers and why).
+            statuses: row statuses whose value is used (a failed fit keeps its rank/norm metrics; its alpha is
+                NaN anyway).
+        """
+        return metric_vector(self.rows, column, names, policy=policy, statuses=statuses)
+
+    def save(self, path: str | Path, *, include_evals: bool = False) -> Path:
+        """Write JSON (schema ``htsr.analysis/1``: metadata, summary, rows; with ``include_evals`` also each
+        analysed row's eigenvalues), CSV or Parquet (the metadata in the file's key-value metadata), by
+        extension, atomically."""
+        from htsr.io import check_suffix, write_json, write_table
+
+        suffix = check_suffix(path, SAVE_FORMATS, "an analysis")
+        if suffix == ".json":
+            data = {"schema": self.metadata["schema"], "metadata": self.metadata, "summary": self.summary(),
+                    "rows": self.rows}
+            if include_evals:
+                data["evals"] = {k: v.tolist() for k, v in self.evals.items()}
+            return write_json(path, data)
+        if suffix == ".parquet":
+            from htsr.io import atomic_write, jsonable
+
+            def w(tmp: Path) -> None:
+                import json
+
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+
+                table = pa.Table.from_pandas(self.to_pandas(), preserve_index=False)
+                meta = dict(table.schema.metadata or {})
+                meta[b"htsr.analysis"] = json.dumps(jsonable(self.metadata)).encode()
+                pq.write_table(table.replace_schema_metadata(meta), tmp)
+
+            return atomic_write(path, w)
+        return write_table(path, self.to_pandas())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Analysis:
+        """Read back an analysis saved as JSON or Parquet (rows, metadata and, when saved, eigenvalues).
+
+        Raises :class:`~htsr.errors.SourceError` for a file of another schema or version."""
+        return load_analysis(path)
 
     def plot(self, directory: str | Path, layers: Iterable[str] | None = None) -> list[Path]:
         """PNG per analysed layer (log-log ESD + fit) and a per-layer alpha chart."""
@@ -347,3 +396,135 @@ def analyze(
     }
     meta["workers"] = workers
     return Analysis(rows, store, meta, cfg, rstore)
+
+
+@dataclass
+class MetricVector:
+    """Per-layer values of one metric: ``names`` and ``values`` (aligned), ``reasons`` (name -> why the value was
+    not finite), ``imputed`` (names whose value the policy replaced), ``dropped`` (names the policy left out)."""
+
+    column: str
+    names: list[str]
+    values: np.ndarray
+    reasons: dict[str, str]
+    policy: str
+    imputed: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(zip(self.names, self.values.tolist(), strict=True))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def metric_vector(rows: Sequence[dict], column: str, names: Iterable[str] | None = None, *, policy: str = "nan",
+                  statuses: Sequence[str] = ("success", "failed")) -> MetricVector:
+    """:meth:`Analysis.metric` on plain rows (see there)."""
+    from htsr.errors import ConfigError
+
+    if policy not in NAN_POLICIES:
+        raise ConfigError(f"unknown NaN policy {policy!r}; expected one of {', '.join(NAN_POLICIES)}")
+    if rows and not any(column in r for r in rows):
+        cols = sorted({k for r in rows for k, v in r.items() if isinstance(v, int | float) and not isinstance(v, bool)})
+        raise ConfigError(f"the analysis has no column {column!r}; numeric columns: {', '.join(cols)}")
+    by_name = {r["name"]: r for r in rows}
+    by_module: dict[str, list[dict]] = {}
+    for r in rows:
+        by_module.setdefault(r["module"], []).append(r)
+    wanted = [r["name"] for r in rows] if names is None else list(names)
+    vals = np.full(len(wanted), math.nan)
+    reasons: dict[str, str] = {}
+    for i, n in enumerate(wanted):
+        r = by_name.get(n)
+        if r is None:
+            cands = by_module.get(n, [])
+            if len(cands) > 1:
+                raise ConfigError(f"{n!r} has {len(cands)} rows ({', '.join(c['name'] for c in cands)}); ask for "
+                                  "one of them by row name")
+            r = cands[0] if cands else None
+        if r is None:
+            reasons[n] = "not in the analysis"
+            continue
+        v = r.get(column)
+        if r["status"] not in statuses:
+            reasons[n] = f"{r['status']}: {r['reason']}"
+        elif v is None or not isinstance(v, int | float) or not math.isfinite(float(v)):
+            reasons[n] = f"{r['status']}: {r['reason']}" if r["reason"] else f"non-finite {column}"
+        else:
+            vals[i] = float(v)
+    out = MetricVector(column, wanted, vals, reasons, policy)
+    bad = ~np.isfinite(vals)
+    if not bad.any():
+        return out
+    if policy == "raise" or (policy == "mean" and bad.all()):
+        listed = "; ".join(f"{n}: {reasons[n]}" for n in np.array(wanted)[bad][:5])
+        more = f" (and {int(bad.sum()) - 5} more)" if bad.sum() > 5 else ""
+        raise ConfigError(f"{column} is not available for {int(bad.sum())} of {len(wanted)} layer(s): {listed}{more}")
+    if policy == "mean":
+        vals[bad] = float(np.mean(vals[~bad]))
+        out.imputed = [n for n, b in zip(wanted, bad, strict=True) if b]
+        log.warning("%s is not available for %d layer(s); the mean of the others is used for them", column,
+                    len(out.imputed))
+    elif policy == "drop":
+        out.dropped = [n for n, b in zip(wanted, bad, strict=True) if b]
+        out.names = [n for n, b in zip(wanted, bad, strict=True) if not b]
+        out.values = vals[~bad]
+    return out
+
+
+def load_analysis(path: str | Path) -> Analysis:
+    """An :class:`Analysis` from a saved JSON or Parquet file (see :meth:`Analysis.load`)."""
+    import json
+
+    from htsr.errors import SourceError
+
+    p = Path(path)
+    if not p.is_file():
+        raise SourceError(f"{p}: no such file")
+    suffix = p.suffix.lower()
+    if suffix == ".json":
+        try:
+            data = json.loads(p.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SourceError(f"{p}: not a JSON file ({e})") from None
+        if not isinstance(data, dict):
+            raise SourceError(f"{p}: not an htsr analysis file (expected a JSON object)")
+        meta, rows = data.get("metadata"), data.get("rows")
+        evals = {k: np.asarray(v, dtype=np.float64) for k, v in (data.get("evals") or {}).items()}
+    elif suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(p)
+        except Exception as e:  # pyarrow raises its own types for corrupt files
+            raise SourceError(f"{p}: cannot read Parquet file ({e})") from None
+        raw = (table.schema.metadata or {}).get(b"htsr.analysis")
+        meta = json.loads(raw) if raw else None
+        df = table.to_pandas()
+        rows = df.to_dict("records")
+        evals = {}
+    else:
+        raise SourceError(f"{p}: cannot load an analysis from {suffix or 'a file without extension'!r}; expected "
+                          ".json or .parquet (CSV files carry no metadata)")
+    schema = (meta or {}).get("schema") if isinstance(meta, dict) else None
+    if not isinstance(schema, str) or not schema.startswith("htsr.analysis/"):
+        raise SourceError(f"{p}: not an htsr analysis file (schema {schema!r}; expected {SCHEMA_VERSION})")
+    if schema != SCHEMA_VERSION:
+        raise SourceError(f"{p}: analysis schema {schema} is not supported by htsr {__version__} "
+                          f"(expected {SCHEMA_VERSION})")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and "name" in r and "status" in r for r in rows):
+        raise SourceError(f"{p}: malformed analysis rows (expected a list of objects with name and status)")
+    for r in rows:
+        for k, v in list(r.items()):
+            if v is None and k not in ("reason",):
+                r[k] = math.nan
+        r.setdefault("module", r["name"])
+        r["reason"] = r.get("reason") or ""
+    cfg_opts = {k: v for k, v in (meta.get("config") or {}).items() if k != "preset"}
+    try:
+        cfg = make_config(meta.get("preset", "htsr"), **cfg_opts)
+    except Exception:
+        cfg = make_config("htsr")
+    return Analysis(rows, evals, meta, cfg)
+

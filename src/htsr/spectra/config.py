@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field, fields
 
+from htsr.config import Config, check_keys
 from htsr.errors import ConfigError
 from htsr.spectra.powerlaw import EVALS_THRESH, XMIN_RULES
 
@@ -12,7 +12,7 @@ KINDS = ("linear", "hf_conv1d", "conv1d", "conv2d", "embedding", "moe_expert", "
 
 
 @dataclass(frozen=True)
-class AnalysisConfig:
+class AnalysisConfig(Config):
     """Every option of an analysis. Build one with :func:`make_config` (preset + overrides).
 
     Fit: ``xmin_rule`` (ks | median | fraction | peak), ``xmin_pos`` (median/fraction: xmin
@@ -64,7 +64,7 @@ class AnalysisConfig:
     layers: tuple[str, ...] = field(default_factory=tuple)
     exclude: tuple[str, ...] = field(default_factory=tuple)
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.xmin_rule not in XMIN_RULES or self.xmin_rule == "fixed":
             raise ConfigError(f"unknown xmin_rule {self.xmin_rule!r}; expected ks, median, fraction or peak")
         if self.fingers not in (None, "clip_xmax"):
@@ -78,19 +78,30 @@ class AnalysisConfig:
             raise ConfigError(f"unknown precision {self.precision!r}; expected auto, float32 or float64")
         if self.eig_method not in ("gram", "svd"):
             raise ConfigError(f"unknown eig_method {self.eig_method!r}; expected 'gram' or 'svd'")
-        if not self.xmin_pos > 0:
-            raise ConfigError(f"xmin_pos must be > 0, got {self.xmin_pos}")
+        if not self.xmin_pos > 1:
+            raise ConfigError(f"xmin_pos must be > 1 (xmin at sorted index N / xmin_pos must leave a tail; 2 is the "
+                              f"median), got {self.xmin_pos}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if not self.threshold >= 0:
+            raise ConfigError(f"threshold must be >= 0, got {self.threshold}")
+        if self.peak_bins < 2 or self.max_fingers < 0 or self.small_n < 0:
+            raise ConfigError("peak_bins must be >= 2, max_fingers and small_n >= 0")
+        if not self.conv_scale > 0:
+            raise ConfigError(f"conv_scale must be > 0, got {self.conv_scale}")
+        if self.max_evals is not None and self.max_evals < 1 or self.max_N is not None and self.max_N < 1:
+            raise ConfigError("max_evals and max_N must be >= 1 (or None)")
+        from htsr.nn import Patterns
+
+        Patterns(self.layers)
+        Patterns(self.exclude)
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0 (0 = automatic), got {self.workers}")
         if self.min_evals < 0 or self.n_boot < 1:
             raise ConfigError("min_evals must be >= 0 and n_boot >= 1")
 
     def as_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["kinds"] = list(self.kinds)
-        d["layers"] = list(self.layers)
-        d["exclude"] = list(self.exclude)
-        return d
+        return self.to_dict()
 
 
 PRESETS: dict[str, dict] = {
@@ -135,10 +146,7 @@ def make_config(preset: str = "htsr", **overrides) -> AnalysisConfig:
     """A config from a named preset plus keyword overrides (unknown names are errors)."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
-    names = {f.name for f in fields(AnalysisConfig)}
-    bad = sorted(set(overrides) - names)
-    if bad:
-        raise ConfigError(f"unknown option(s) {', '.join(bad)}; valid options: {', '.join(sorted(names - {'preset'}))}")
+    check_keys(overrides, [f.name for f in fields(AnalysisConfig) if f.name != "preset"], "analysis option(s)")
     opts = dict(PRESETS[preset])
     opts.update(overrides)
     for k in ("kinds", "layers", "exclude"):

@@ -22,13 +22,13 @@ How each layer kind becomes matrices (documented conventions):
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from htsr.nn import selected as nn_selected
 from htsr.spectra.config import AnalysisConfig
 from htsr.spectra.sources import TensorEntry
 
@@ -159,14 +159,6 @@ def _apply_rules(plans: list[MatrixPlan], cfg: AnalysisConfig) -> list[MatrixPla
     return plans
 
 
-def _match(pattern: str, text: str) -> bool:
-    if pattern.startswith("re:"):
-        return re.search(pattern[3:], text) is not None
-    return fnmatch.fnmatchcase(text, pattern)
-
-
 def selected(name: str, module: str, include: tuple[str, ...], exclude: tuple[str, ...]) -> bool:
-    """Glob (or ``re:<regex>``) selection on the full row name or module path."""
-    if include and not any(_match(p, name) or _match(p, module) for p in include):
-        return False
-    return not any(_match(p, name) or _match(p, module) for p in exclude)
+    """Glob (or ``re:<regex>``) selection on the full row name or module path (:mod:`htsr.nn`'s one matcher)."""
+    return nn_selected((name, module), include, exclude)

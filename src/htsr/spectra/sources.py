@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from htsr.errors import SourceError
+from htsr.nn import layer_kind
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
@@ -55,26 +56,6 @@ def _is_float_dtype(dtype: str) -> bool:
 
 
 # ------------------------------------------------------------------ nn.Module
-def _module_kind(mod: torch.nn.Module) -> str | None:
-    cls = type(mod).__name__
-    if isinstance(mod, torch.nn.Linear):
-        return "linear"
-    if isinstance(mod, torch.nn.Conv2d):
-        return "conv2d"
-    if isinstance(mod, torch.nn.Conv1d):
-        return "conv1d"
-    if isinstance(mod, (torch.nn.Embedding, torch.nn.EmbeddingBag)):
-        return "embedding"
-    if cls == "Conv1D":  # transformers.pytorch_utils.Conv1D: a Linear stored as (in, out)
-        return "hf_conv1d"
-    low = cls.lower()
-    if "norm" in low:
-        return "norm"
-    if "linear" in low:  # quantised / LoRA-wrapped linears expose a 2-D weight too
-        return "linear"
-    return None
-
-
 def module_entries(model: torch.nn.Module) -> Iterator[TensorEntry]:
     """Weights of a torch module, keyed by full module path, in ``named_modules`` order.
 
@@ -82,7 +63,7 @@ def module_entries(model: torch.nn.Module) -> Iterator[TensorEntry]:
     parameters of rank >= 2 (3-D parameters are MoE expert stacks: one matrix per expert).
     """
     for mname, mod in model.named_modules():
-        kind = _module_kind(mod)
+        kind = layer_kind(mod)
         params = dict(mod.named_parameters(recurse=False))
         if kind == "norm":
             continue

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from htsr.devices import model_device
-from htsr.errors import ConfigError, HtsrError
+from htsr.errors import ConfigError, HtsrError, MeasurementError
 from htsr.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class TrainingError(HtsrError):
     """Training cannot go on (non-finite loss, empty data, bad batch)."""
 
 
-class DivergedError(TrainingError):
+class DivergedError(TrainingError, MeasurementError):
     """The loss became NaN/Inf: the run diverged (the input itself was usable)."""
 
 
