@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from htsr.data.corpora import KJV_BOOKS, KJV_GENRES, kjv_text, kjv_verses, stdlib_source_text
@@ -32,3 +34,16 @@ def test_kjv_text_and_stdlib():
     assert "class ArgumentParser" in stdlib_source_text(modules=("argparse",))
     with pytest.raises(ConfigError, match="not found"):
         stdlib_source_text(modules=("no_such_module_xyz",))
+
+
+@pytest.mark.skipif(not Path("/usr/share/games/fortunes/computers").exists(), reason="apt-get install fortunes")
+def test_fortunes_corpus_is_split_on_percent_lines():
+    from htsr.data.corpora import FORTUNES_DIR, fortunes
+
+    df = fortunes(("computers", "food"))
+    raw = (FORTUNES_DIR / "food").read_text(encoding="utf-8", errors="replace")
+    # every entry ends at a line holding only "%"
+    assert (df.category == "food").sum() == sum(1 for e in raw.split("\n%\n") if e.strip() and e.strip() != "%")
+    assert not df.text.str.contains("\n%\n").any() and df.text.str.len().min() > 0
+    with pytest.raises(ConfigError, match="unknown fortunes categories"):
+        fortunes(("nope",))

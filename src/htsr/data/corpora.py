@@ -108,3 +108,32 @@ def stdlib_source_text(max_chars: int | None = None, modules: tuple[str, ...] | 
             break
     out = "\n".join(parts)
     return out[:max_chars] if max_chars is not None else out
+
+
+FORTUNES_DIR = Path("/usr/share/games/fortunes")
+
+
+@functools.lru_cache(maxsize=4)
+def _fortune_file(path: Path) -> tuple[str, ...]:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return tuple(e.strip() for e in text.split("\n%\n") if e.strip() and e.strip() != "%")
+
+
+def fortunes(categories: tuple[str, ...] | None = None, root: str | Path | None = None) -> pd.DataFrame:
+    """The Debian ``fortunes`` corpus (``apt-get install fortunes``): one row per quotation, with its category
+    (the file it comes from: ``computers``, ``food``, ``literature``, ``politics``, ``science`` ...).
+
+    ``categories``: which files (default: every plain-text file present). Real, human-written English text
+    that is not the Bible: a second corpus for language-model training and topic classification.
+    """
+    base = Path(root) if root is not None else FORTUNES_DIR
+    if not base.is_dir():
+        raise ConfigError(f"the fortunes corpus is not installed ({base} missing); `apt-get install fortunes`")
+    present = sorted(p.name for p in base.iterdir()
+                     if p.is_file() and not p.suffix and (base / f"{p.name}.dat").exists())
+    cats = present if categories is None else list(categories)
+    missing = [c for c in cats if c not in present]
+    if missing:
+        raise ConfigError(f"unknown fortunes categories {missing}; installed: {', '.join(present)}")
+    rows = [(e, c) for c in cats for e in _fortune_file(base / c)]
+    return pd.DataFrame(rows, columns=["text", "category"])
