@@ -261,6 +261,28 @@ def add_progress(p: argparse.ArgumentParser) -> None:
                    help="progress bar (default: when stderr is a terminal)")
 
 
+def add_executor(p: argparse.ArgumentParser) -> None:
+    """``--executor local|ray`` and the Ray options (address, resources per task)."""
+    g = p.add_argument_group("executor (where the work runs)")
+    g.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local: in this process (default); ray: one Ray task per cell/part (pip install 'htsr[ray]')")
+    g.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="Ray cluster to join (auto, HOST:PORT or ray://HOST:PORT); default: start a local instance")
+    g.add_argument("--ray-cpus", type=bounded(float, 0), default=None, metavar="N", help="CPUs per task (default 1)")
+    g.add_argument("--ray-gpus", type=bounded(float, 0), default=None, metavar="N", help="GPUs per task (default 0)")
+
+
+def executor_from_args(args: argparse.Namespace) -> Any:
+    """The executor ``--executor`` and the ``--ray-*`` options ask for (Ray options without ``--executor ray`` are
+    an error)."""
+    from htsr.experiments.executors import make_executor
+
+    opts = {"address": args.ray_address, "num_cpus": args.ray_cpus, "num_gpus": args.ray_gpus}
+    if args.executor == "local" and any(v is not None for v in opts.values()):
+        raise ConfigError("--ray-address/--ray-cpus/--ray-gpus need --executor ray")
+    return make_executor(args.executor, **opts)
+
+
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The ``--set`` pairs as a dict (a key given twice: the last wins)."""
     return dict(getattr(args, "overrides", None) or [])

@@ -12,7 +12,7 @@ import itertools
 import logging
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from htsr.errors import ConfigError
+from htsr.experiments.executors import LocalExecutor, make_executor  # noqa: F401  (LocalExecutor re-exported)
 from htsr.experiments.store import ResultStore, cell_key
 from htsr.progress import progress_bar
 
@@ -48,52 +49,55 @@ def grid(**axes: Sequence[Any]) -> list[Cell]:
     return [Cell(dict(zip(names, combo, strict=True))) for combo in itertools.product(*axes.values())]
 
 
-class LocalExecutor:
-    """Runs cells one after another in this process; an exception becomes that cell's result."""
-
-    def map(self, fn: CellFn, cells: Iterable[Cell]) -> Iterator[tuple[Cell, Any]]:
-        for cell in cells:
-            try:
-                yield cell, fn(**cell.params)
-            except KeyboardInterrupt:
-                raise
-            except Exception as e:  # one failed cell never kills the sweep
-                log.error("cell %s failed: %s", cell.key, e)
-                yield cell, e
-
-
 def run_sweep(fn: CellFn, cells: Sequence[Cell], store: ResultStore, *, executor: Any = None,
               extra: Mapping[str, Any] | None = None, progress: bool | None = None) -> pd.DataFrame:
     """Run every cell not already done in ``store`` and record each as it finishes; returns the store's table.
 
+    ``executor``: ``None``/``"local"`` (in this process), ``"ray"`` (a local Ray instance), or an executor object
+    (:class:`~htsr.experiments.executors.RayExecutor` with an address and resources). Results are recorded by
+    this process as they arrive, whichever worker computed them, so an interrupted sweep resumes where it stopped.
     ``extra``: constant columns added to each row (e.g. ``config_id``) and to the key, so a changed
     configuration does not resume from old rows.
     """
-    executor = executor or LocalExecutor()
+    own = executor is None or isinstance(executor, str)
+    if own:
+        executor = make_executor(executor or "local")
     extra = dict(extra or {})
     todo = [c for c in cells if not store.done(cell_key({**c.params, **extra}))]
     log.info("sweep: %d cell(s), %d already done, %d to run", len(cells), len(cells) - len(todo), len(todo))
     bar = progress_bar(progress, total=len(todo), desc="sweep", unit="cell")
-    t_last = time.perf_counter()
     try:
-        for cell, result in executor.map(fn, todo):
+        for cell, result in executor.map(_Timed(fn), todo):
             params = {**cell.params, **extra}
             key = cell_key(params)
-            wall = time.perf_counter() - t_last
-            t_last = time.perf_counter()
             if isinstance(result, BaseException):
                 tb = "".join(traceback.format_exception(result))
-                store.add(key, params, {"status": "error", "error": f"{type(result).__name__}: {result}",
-                                        "wall_s": wall}, {"traceback": tb})
+                store.add(key, params, {"status": "error", "error": f"{type(result).__name__}: {result}"},
+                          {"traceback": tb})
             else:
-                metrics, details = result
+                (metrics, details), wall = result
                 store.add(key, params, {**metrics, "status": "ok", "wall_s": wall}, details)
             if bar is not None:
                 bar.update(1)
     finally:
         if bar is not None:
             bar.close()
+        if own:
+            executor.close()
     return store.table()
+
+
+class _Timed:
+    """``fn`` returning ``(its result, its own wall time in seconds)``: the cell's time wherever it ran (a
+    picklable callable, so any executor can ship it)."""
+
+    def __init__(self, fn: CellFn) -> None:
+        self.fn = fn
+
+    def __call__(self, **params: Any) -> tuple[Any, float]:
+        t0 = time.perf_counter()
+        out = self.fn(**params)
+        return out, time.perf_counter() - t0
 
 
 def summarize(table: pd.DataFrame, metric: str, by: Sequence[str] = ("recipe", "method", "fraction")

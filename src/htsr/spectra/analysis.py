@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from htsr._version import __version__
-from htsr.errors import SourceError
+from htsr.errors import ConfigError, SourceError
 from htsr.spectra import metrics as M
 from htsr.spectra import powerlaw as PL
 from htsr.spectra.config import AnalysisConfig, make_config
@@ -297,6 +297,7 @@ def analyze(
     lora: bool = False,
     allow_pickle: bool = False,
     progress: bool = False,
+    executor: Any = None,
     **options: Any,
 ) -> Analysis:
     """Analyse the spectra of every weight matrix in ``source``.
@@ -309,6 +310,9 @@ def analyze(
         config: a ready :class:`AnalysisConfig` (then ``preset``/``options`` are ignored).
         base: a second source; rows then describe W - W_base matched by name.
         progress: show a progress bar with per-layer timing (stderr).
+        executor: ``None``/``"local"`` (this process), ``"ray"`` or an executor object
+            (:class:`~htsr.experiments.executors.RayExecutor`): the tensors of a checkpoint path analysed as
+            tasks, rows gathered in the local order (:mod:`htsr.spectra.distributed`).
         **options: any :class:`AnalysisConfig` field, e.g. ``layers=["*.attn.*"]``,
             ``mp_fit=True``, ``randomize=True``, ``device="cuda"``.
     Returns:
@@ -318,6 +322,23 @@ def analyze(
     cfg = config if config is not None else make_config(preset, **options)
     dev = resolve_device(cfg.device)  # fail early on an unavailable device
     t0 = time.perf_counter()
+    if executor is not None and getattr(executor, "name", executor) != "local":
+        if base is not None or lora:
+            raise ConfigError("base= and lora= analyses run locally only (executor='local')")
+        from htsr.experiments.executors import make_executor
+        from htsr.spectra.distributed import analyze_distributed
+
+        own = isinstance(executor, str)
+        ex = make_executor(executor) if own else executor
+        try:
+            rows, store, rstore, n_parts = analyze_distributed(source, cfg, ex, allow_pickle=allow_pickle,
+                                                               progress=progress)
+        finally:
+            if own:
+                ex.close()
+        meta = _metadata(source, None, False, cfg, t0)
+        meta.update(executor=ex.name, parts=n_parts)
+        return Analysis(rows, store, meta, cfg, rstore)
     store: dict[str, np.ndarray] = {}
     rstore: dict[str, np.ndarray] = {}
     entries = _entries(source, base=base, lora=lora, allow_pickle=allow_pickle)
@@ -382,7 +403,13 @@ def analyze(
     if bar is not None:
         bar.close()
     rows = [r for rs in results for r in rs]
-    meta = {
+    meta = _metadata(source, base, lora, cfg, t0)
+    meta["workers"] = workers
+    return Analysis(rows, store, meta, cfg, rstore)
+
+
+def _metadata(source: Any, base: Any, lora: bool, cfg: AnalysisConfig, t0: float) -> dict:
+    return {
         "schema": SCHEMA_VERSION,
         "htsr_version": __version__,
         "torch_version": torch.__version__,
@@ -394,8 +421,6 @@ def analyze(
         "conventions": CONVENTIONS,
         "elapsed_s": time.perf_counter() - t0,
     }
-    meta["workers"] = workers
-    return Analysis(rows, store, meta, cfg, rstore)
 
 
 @dataclass

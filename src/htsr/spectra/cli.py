@@ -60,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--all-columns", action="store_true", help="print every column, not the main ones")
     C.add_progress(a)
     C.add_threads(a)
+    C.add_executor(a)
     a.add_argument("--quiet", "-q", action="store_true", help="print only the summary")
     a.set_defaults(func=cmd_analyze)
 
@@ -123,8 +124,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.split_qkv:
         opts["split_qkv"] = True
     source = example_path(args.example) if args.example else args.source
-    result = analyze(source, args.preset, base=args.base, lora=args.lora, allow_pickle=args.allow_pickle,
-                     progress=show_progress(args.progress), **opts)
+    with C.executor_from_args(args) as executor:
+        result = analyze(source, args.preset, base=args.base, lora=args.lora, allow_pickle=args.allow_pickle,
+                         progress=show_progress(args.progress), executor=executor, **opts)
     df = result.to_pandas()
     summary = result.summary()
     if args.json:
