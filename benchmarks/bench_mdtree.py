@@ -1,6 +1,6 @@
 """MD tree: the reproduced Table B (MD ``benchmark/README.md``) and its wall time.
 
-(a) ``reproduce_table`` on the shared population (cases 1-5, MD tree + two baselines, 5 seeds each;
+(a) ``reproduce_table`` on the MD population (shipped with htsr) (cases 1-5, MD tree + two baselines, 5 seeds each;
     with ``--extras`` also the CKA variant and a free tree on loss-landscape features): the table
     next to the published accuracies, and the wall time (median of ``--repeats``).
 (b) Threshold fitting alone, the vectorised predictor used by ``MDTreeTemperature.fit`` vs a per-row
@@ -8,7 +8,7 @@
     this process: case 1's seed-42 training set (96 configurations) and the whole clean Q1 pool
     (1,560). Both must give the same thresholds.
 
-    python benchmarks/bench_mdtree.py [--data-dir ../shared/data/mdtree] [--repeats 3] [--extras] [--json OUT]
+    python benchmarks/bench_mdtree.py [--data-dir DIR] [--repeats 3] [--extras] [--json OUT]
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def row_loop_fit(X: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--data-dir", default=None, help="the two population CSVs (default: the shipped copies)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--extras", action="store_true")
     ap.add_argument("--json", default=None)

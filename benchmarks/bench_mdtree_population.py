@@ -23,13 +23,15 @@ import numpy as np
 import pandas as pd
 
 import _common as C
-from htsr.diagnosis.pipeline import _TASKS as TASKS  # the tasks an own population is fitted on
+from htsr.diagnosis.config import OWN_TASKS, TASK_LABELS
+
+TASKS = {t: TASK_LABELS[t] for t in OWN_TASKS}  # the tasks an own population is fitted on
 
 
 def held_out_accuracy(labelled: pd.DataFrame, task: str, seed: int = 0) -> dict[str, float]:
+    from htsr.diagnosis.diagnoser import fit_diagnoser
     from htsr.diagnosis.errors import DiagnosisError
     from htsr.diagnosis.mdtree import HYPERPARAMETER_FEATURES, hyperparameter_tree, validation_tree
-    from htsr.diagnosis.pipeline import fit_diagnoser
 
     label = TASKS[task]
     rows = labelled[labelled[label] != "optimal"]
@@ -72,8 +74,10 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
+    from htsr.diagnosis.config import GRIDS
+    from htsr.diagnosis.diagnoser import fit_diagnoser
     from htsr.diagnosis.labels import label_population
-    from htsr.diagnosis.pipeline import GRIDS, build_population, fit_diagnoser
+    from htsr.diagnosis.own_population import build_population
 
     t0 = time.perf_counter()
     pop = build_population(args.grid, args.out, progress=False)
@@ -102,7 +106,7 @@ def main() -> None:
                        for t, tree in full.trees.items())
     fitted += "".join(f"\n- {t}: constant {c!r} (one class)" for t, c in full.constant.items())
     print(fitted)
-    cfg = GRIDS[args.grid]
+    cfg = GRIDS.get(args.grid)
     md = [f"# MD tree on an own model family (`{args.grid}` grid)", "",
           f"Command: `python benchmarks/bench_mdtree_population.py --out {args.out} --markdown ...`; "
           f"machine: {C.cpu_model()}, 2-core shared VM, torch threads 1.", "",

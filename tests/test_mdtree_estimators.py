@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,6 +10,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.model_selection import cross_val_score
 
+from htsr.data.reference import mdtree_population
 from htsr.diagnosis import DiagnosisError
 from htsr.diagnosis.mdtree import (
     FeatureTreeClassifier,
@@ -23,23 +23,15 @@ from htsr.diagnosis.mdtree import (
     validation_tree,
 )
 
-MDTREE_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mdtree"
-
 
 @pytest.fixture(scope="module")
 def clean():
-    f = MDTREE_DATA / "dataframe_normal_public.csv"
-    if not f.is_file():
-        pytest.skip(f"shared data missing: {f}")
-    return pd.read_csv(f)
+    return mdtree_population("normal")
 
 
 @pytest.fixture(scope="module")
 def noisy():
-    f = MDTREE_DATA / "dataframe_noise_public.csv"
-    if not f.is_file():
-        pytest.skip(f"shared data missing: {f}")
-    return pd.read_csv(f)
+    return mdtree_population("noise")
 
 
 # The paper's rules written out row by row (independent of the estimators' node structures).

@@ -1,13 +1,12 @@
-"""Room-for-improvement labels: a hand-made grid, and the shared MD population's published rfi/labels."""
+"""Room-for-improvement labels: a hand-made grid, and the shipped MD population's published rfi/labels."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from htsr.data.reference import mdtree_population
 from htsr.diagnosis import DiagnosisError
 from htsr.diagnosis.labels import (
     drop_optimal,
@@ -17,7 +16,6 @@ from htsr.diagnosis.labels import (
     room_for_improvement,
 )
 
-MDTREE_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mdtree"
 LABELS = ["bs_failure", "width_vs_batch", "data_vs_batch"]
 RFI = ["rfi_width", "rfi_data", "rfi_inc_temp", "rfi_dec_temp"]
 
@@ -76,10 +74,7 @@ def test_bad_grids():
 
 @pytest.mark.parametrize("name", ["normal", "noise"])
 def test_reproduces_published_rfi_and_labels(name):
-    f = MDTREE_DATA / f"dataframe_{name}_public.csv"
-    if not f.is_file():
-        pytest.skip(f"shared data missing: {f}")
-    pub = pd.read_csv(f)
+    pub = mdtree_population(name)
     raw = pub.drop(columns=RFI + LABELS).sample(frac=1.0, random_state=0)
     ours = label_population(raw).loc[pub.index]
     for c in RFI:

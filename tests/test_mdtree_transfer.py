@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,14 +11,10 @@ from htsr.diagnosis.mdtree import MDTreeTemperature, validation_tree
 from htsr.diagnosis.population import load_md_collections
 from htsr.diagnosis.transfer import evaluate_transfer, prepare_task, sample_training_set
 
-MDTREE_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mdtree"
-
 
 @pytest.fixture(scope="module")
 def q1():
-    if not (MDTREE_DATA / "dataframe_normal_public.csv").is_file():
-        pytest.skip(f"shared data missing: {MDTREE_DATA}")
-    clean, noisy = load_md_collections(MDTREE_DATA)
+    clean, noisy = load_md_collections()  # the copies shipped with htsr
     return prepare_task(clean, noisy, "bs_failure")
 
 
@@ -28,7 +22,7 @@ def test_prepare_task(q1):
     pool, test = q1
     assert len(pool) == 1560 and len(test) == 1560
     assert set(pool["bs_failure"]) == {"small", "large"}
-    clean, noisy = load_md_collections(MDTREE_DATA)
+    clean, noisy = load_md_collections()
     pool_w, test_w = prepare_task(clean, noisy, "width_vs_batch")
     assert len(test_w) == 1649  # the README says 1,560 (research note, section 5)
     pool_d, test_d = prepare_task(clean, noisy, "data_vs_batch", min_width=32)

@@ -21,8 +21,12 @@ are ignored) or an array whose columns are the features in order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import json
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -30,7 +34,10 @@ from scipy.optimize import minimize_scalar
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from htsr.config import check_keys
+from htsr.diagnosis.config import TreeConfig
 from htsr.diagnosis.errors import DiagnosisError
+from htsr.errors import ConfigError
 
 SCHEMA = "htsr.mdtree/1"
 
@@ -77,6 +84,19 @@ class TreeSpec:
     classes: tuple[str, ...]
     thresholds: tuple[ThresholdSpec, ...]
     root: Leaf | Split
+
+    @functools.cached_property
+    def leaves(self) -> tuple[Leaf, ...]:
+        """The leaves in depth-first, left-first order (the numbering of :func:`leaf_ids` and the rendering)."""
+        def walk(n: Leaf | Split) -> tuple[Leaf, ...]:
+            return (n,) if isinstance(n, Leaf) else walk(n.left) + walk(n.right)
+
+        return walk(self.root)
+
+    @functools.cached_property
+    def leaf_codes(self) -> np.ndarray:
+        """Class index (into ``classes``) of each leaf."""
+        return np.array([self.classes.index(leaf.label) for leaf in self.leaves], dtype=np.int64)
 
 
 _E, _M, _H = 0, 1, 2
@@ -225,21 +245,27 @@ def _check_bounds(spec: TreeSpec, bounds: Sequence[Sequence[float]] | None) -> l
     return out
 
 
-def _route(node: Leaf | Split, X: np.ndarray, tau: np.ndarray, out: np.ndarray, idx: np.ndarray,
-           code: dict[str, int]) -> None:
-    if isinstance(node, Leaf):
-        out[idx] = code[node.label]
-        return
-    left = X[idx, node.feature] <= tau[node.threshold]
-    _route(node.left, X, tau, out, idx[left], code)
-    _route(node.right, X, tau, out, idx[~left], code)
+def leaf_ids(spec: TreeSpec, X: np.ndarray, tau: np.ndarray) -> np.ndarray:
+    """The leaf (index into ``spec.leaves``) that each row of a feature matrix reaches under thresholds ``tau``:
+    the one tree walker (a row goes left when ``x[feature] <= threshold``, as the reference)."""
+    out = np.empty(X.shape[0], dtype=np.int64)
+    number = iter(range(len(spec.leaves)))
+
+    def route(n: Leaf | Split, idx: np.ndarray) -> None:
+        if isinstance(n, Leaf):
+            out[idx] = next(number)
+            return
+        left = X[idx, n.feature] <= tau[n.threshold]
+        route(n.left, idx[left])
+        route(n.right, idx[~left])
+
+    route(spec.root, np.arange(X.shape[0]))
+    return out
 
 
 def predict_codes(spec: TreeSpec, X: np.ndarray, tau: np.ndarray) -> np.ndarray:
     """Class indices (into ``spec.classes``) of the rows of a feature matrix under thresholds ``tau``."""
-    out = np.empty(X.shape[0], dtype=np.int64)
-    _route(spec.root, X, tau, out, np.arange(X.shape[0]), {c: i for i, c in enumerate(spec.classes)})
-    return out
+    return spec.leaf_codes[leaf_ids(spec, X, tau)]
 
 
 def fit_thresholds(spec: TreeSpec, X: np.ndarray, codes: np.ndarray, init: np.ndarray,
@@ -290,32 +316,6 @@ def render_tree(spec: TreeSpec, thresholds: Sequence[float], feature_names: Sequ
     return "\n".join(lines) + "\n"
 
 
-def _leaf_ids(spec: TreeSpec, X: np.ndarray, tau: np.ndarray) -> np.ndarray:
-    leaves: list[Leaf] = []
-
-    def collect(n: Leaf | Split) -> None:
-        if isinstance(n, Leaf):
-            leaves.append(n)
-        else:
-            collect(n.left)
-            collect(n.right)
-
-    collect(spec.root)
-    number = {id(leaf): i for i, leaf in enumerate(leaves)}
-    out = np.empty(X.shape[0], dtype=np.int64)
-
-    def route(n: Leaf | Split, idx: np.ndarray) -> None:
-        if isinstance(n, Leaf):
-            out[idx] = number[id(n)]
-            return
-        left = X[idx, n.feature] <= tau[n.threshold]
-        route(n.left, idx[left])
-        route(n.right, idx[~left])
-
-    route(spec.root, np.arange(X.shape[0]))
-    return out
-
-
 # ----------------------------------------------------------------------------- estimators
 class MDTreeClassifier(ClassifierMixin, BaseEstimator):
     """Base class of the fixed-structure MD trees; subclasses set ``spec`` (a :class:`TreeSpec`).
@@ -327,7 +327,8 @@ class MDTreeClassifier(ClassifierMixin, BaseEstimator):
     init_thresholds: starting thresholds (default: the paper's, clipped into custom ``bounds``); each must
         lie within its bounds. Only the later thresholds' values matter while an earlier one is searched.
     bounds: per-threshold ``(low, high)`` search intervals (default: the paper's).
-    xatol, maxiter: options of the bounded scalar search (scipy's defaults, as the reference).
+    xatol, maxiter: options of the bounded scalar search (:class:`~htsr.diagnosis.config.TreeConfig`: scipy's
+        defaults, as the reference).
 
     Attributes after ``fit``: ``thresholds_`` (array, fitting order), ``threshold_names_``,
     ``classes_``, ``feature_names_`` (the columns used), ``n_features_in_``, ``train_accuracy_``,
@@ -337,7 +338,8 @@ class MDTreeClassifier(ClassifierMixin, BaseEstimator):
     spec: ClassVar[TreeSpec]
 
     def __init__(self, features: Sequence[str] | None = None, init_thresholds: Sequence[float] | None = None,
-                 bounds: Sequence[Sequence[float]] | None = None, xatol: float = 1e-5, maxiter: int = 500):
+                 bounds: Sequence[Sequence[float]] | None = None, xatol: float = TreeConfig.xatol,
+                 maxiter: int = TreeConfig.maxiter):
         self.features = features
         self.init_thresholds = init_thresholds
         self.bounds = bounds
@@ -348,6 +350,9 @@ class MDTreeClassifier(ClassifierMixin, BaseEstimator):
     def _feature_names(self) -> tuple[str, ...]:
         if self.features is None:
             return self.spec.features
+        if isinstance(self.features, str) or not isinstance(self.features, Sequence | np.ndarray):
+            raise DiagnosisError(f"{type(self).__name__}: features must be a list of {len(self.spec.features)} "
+                                 f"column names, got {self.features!r}")
         names = tuple(str(f) for f in self.features)
         if len(names) != len(self.spec.features):
             raise DiagnosisError(f"{type(self).__name__}: features must name {len(self.spec.features)} columns "
@@ -361,15 +366,17 @@ class MDTreeClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X: Any, y: Any) -> MDTreeClassifier:
         """Fit the thresholds to labelled configurations (one coordinate pass of bounded scalar search)."""
         name = type(self).__name__
-        if not (np.isfinite(self.xatol) and self.xatol > 0) or int(self.maxiter) < 1:
-            raise DiagnosisError(f"{name}: xatol must be > 0 and maxiter >= 1, got {self.xatol!r}, {self.maxiter!r}")
+        try:
+            search = TreeConfig(xatol=self.xatol, maxiter=self.maxiter)
+        except ConfigError as e:
+            raise DiagnosisError(f"{name}: {e}") from None
         bounds = _check_bounds(self.spec, self.bounds)
         init = _check_thresholds(self.spec, self.init_thresholds, bounds, f"{name}: init_thresholds")
         A = self._matrix(X, "fit")
         labels = check_labels(y, A.shape[0], self.spec.classes, who=f"{name}.fit: y")
         code = {c: i for i, c in enumerate(self.spec.classes)}
         codes = np.array([code[v] for v in labels], dtype=np.int64)
-        tau, nfev = fit_thresholds(self.spec, A, codes, init, bounds, float(self.xatol), int(self.maxiter))
+        tau, nfev = fit_thresholds(self.spec, A, codes, init, bounds, search.xatol, search.maxiter)
         self._set_fitted(tau, A.shape[1])
         self.n_evaluations_ = nfev
         self.train_accuracy_ = float(np.mean(predict_codes(self.spec, A, tau) == codes))
@@ -390,7 +397,7 @@ class MDTreeClassifier(ClassifierMixin, BaseEstimator):
     def apply(self, X: Any) -> np.ndarray:
         """Index of the leaf (in the order of :meth:`export_text`) that each row reaches."""
         check_is_fitted(self, "thresholds_")
-        return _leaf_ids(self.spec, self._matrix(X, "apply"), self.thresholds_)
+        return leaf_ids(self.spec, self._matrix(X, "apply"), self.thresholds_)
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         """Accuracy on labelled configurations (labels must be classes of the tree)."""
@@ -420,7 +427,7 @@ class MDTreeClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "thresholds_")
         counts = None
         if X is not None:
-            counts = np.bincount(self.apply(X), minlength=_count_leaves(self.spec.root))
+            counts = np.bincount(self.apply(X), minlength=len(self.spec.leaves))
         return render_tree(self.spec, self.thresholds_, self.feature_names_, decimals, counts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -439,6 +446,8 @@ class MDTreeClassifier(ClassifierMixin, BaseEstimator):
         """A ready-to-predict tree with given thresholds (e.g. published ones); each must be within bounds."""
         est = cls(**params)
         bounds = _check_bounds(cls.spec, est.bounds)
+        if thresholds is None:  # _check_thresholds would give the initial values: not a fitted tree
+            raise DiagnosisError(f"{cls.__name__}: thresholds are required ({[t.name for t in cls.spec.thresholds]})")
         if isinstance(thresholds, dict):
             names = [t.name for t in cls.spec.thresholds]
             extra = sorted(set(thresholds) - set(names))
@@ -450,10 +459,6 @@ class MDTreeClassifier(ClassifierMixin, BaseEstimator):
         tau = _check_thresholds(cls.spec, thresholds, bounds, f"{cls.__name__}: thresholds")
         est._set_fitted(tau, len(cls.spec.features))
         return est
-
-
-def _count_leaves(node: Leaf | Split) -> int:
-    return 1 if isinstance(node, Leaf) else _count_leaves(node.left) + _count_leaves(node.right)
 
 
 class MDTreeTemperature(MDTreeClassifier):
@@ -484,32 +489,74 @@ class MDTreeDataBatch(MDTreeClassifier):
     spec = DATA_BATCH
 
 
-#: Estimator class by task name (CLI ``--task`` and JSON ``estimator``).
+#: Estimator class by task name (CLI ``--task`` and JSON ``estimator``); label columns in ``TASK_LABELS``.
 TASKS: dict[str, type[MDTreeClassifier]] = {
     "temperature": MDTreeTemperature,
     "temperature-cka": MDTreeTemperatureCKA,
     "width": MDTreeWidthBatch,
     "data": MDTreeDataBatch,
 }
-#: The label column each task predicts (as in the MD population).
-TASK_LABELS: dict[str, str] = {"temperature": "bs_failure", "temperature-cka": "bs_failure",
-                               "width": "width_vs_batch", "data": "data_vs_batch"}
 
 
-def load_tree(d: dict[str, Any]) -> MDTreeClassifier:
-    """Rebuild a fitted MD tree from :meth:`MDTreeClassifier.to_dict` output (checks schema and bounds)."""
-    if not isinstance(d, dict) or d.get("schema") != SCHEMA:
-        raise DiagnosisError(f"not an MD tree description (expected schema {SCHEMA!r}, got "
-                             f"{d.get('schema') if isinstance(d, dict) else type(d).__name__!r})")
+def task_of(estimator: MDTreeClassifier) -> str:
+    """The task name of an MD tree (its class in :data:`TASKS`)."""
+    return next(t for t, c in TASKS.items() if type(estimator) is c)
+
+
+_TREE_KEYS = ("schema", "estimator", "params", "thresholds", "features", "classes", "train_accuracy")
+
+
+def load_tree(d: Mapping[str, Any]) -> MDTreeClassifier:
+    """Rebuild a fitted MD tree from :meth:`MDTreeClassifier.to_dict` output. Everything is checked: the schema,
+    the keys (unknown ones are errors), the estimator, its parameters, the thresholds (required: a tree without
+    them is not a fitted tree, never silently the paper's defaults) and their bounds, and the recorded features,
+    classes and training accuracy against the rebuilt tree."""
+    if not isinstance(d, Mapping) or d.get("schema") != SCHEMA:
+        got = d.get("schema") if isinstance(d, Mapping) else type(d).__name__
+        raise DiagnosisError(f"not an MD tree description (expected schema {SCHEMA!r}, got {got!r})")
+    check_keys(d, _TREE_KEYS, "MD tree key(s)")
     classes = {c.__name__: c for c in TASKS.values()}
     name = d.get("estimator")
     if name not in classes:
-        raise DiagnosisError(f"unknown MD tree estimator {name!r}; expected one of {sorted(classes)}")
-    params = dict(d.get("params") or {})
-    est = classes[name].from_thresholds(d.get("thresholds"), **params)
-    if d.get("train_accuracy") is not None:
-        est.train_accuracy_ = float(d["train_accuracy"])
+        raise DiagnosisError(f"unknown MD tree estimator {name!r}; expected one of {', '.join(sorted(classes))}")
+    cls = classes[name]
+    params = d.get("params") or {}
+    if not isinstance(params, Mapping):
+        raise DiagnosisError(f"MD tree 'params' must be an object, got {type(params).__name__}")
+    check_keys(params, cls().get_params(), f"{name} parameter(s)")
+    try:
+        TreeConfig(xatol=params.get("xatol", TreeConfig.xatol), maxiter=params.get("maxiter", TreeConfig.maxiter))
+    except ConfigError as e:
+        raise DiagnosisError(f"{name}: {e}") from None
+    tau = d.get("thresholds")
+    names = [t.name for t in cls.spec.thresholds]
+    if tau is None:
+        raise DiagnosisError(f"{name}: no 'thresholds' (expected {', '.join(names)}); not a fitted tree")
+    if not isinstance(tau, Mapping | list):
+        raise DiagnosisError(f"{name}: 'thresholds' must be an object {{name: value}} or a list, got {tau!r}")
+    est = cls.from_thresholds(dict(tau) if isinstance(tau, Mapping) else tau, **params)
+    for key, have in (("features", list(est.feature_names_)), ("classes", list(cls.spec.classes))):
+        if d.get(key) is not None and list(d[key]) != have:
+            raise DiagnosisError(f"{name}: recorded {key} {d[key]!r} do not match the tree's {have!r}")
+    acc = d.get("train_accuracy")
+    if acc is not None:
+        if isinstance(acc, bool) or not isinstance(acc, int | float) or not 0.0 <= acc <= 1.0:
+            raise DiagnosisError(f"{name}: train_accuracy must be a number in [0, 1], got {acc!r}")
+        est.train_accuracy_ = float(acc)
     return est
+
+
+def read_tree(path: str | os.PathLike) -> MDTreeClassifier:
+    """A fitted MD tree from a JSON file written by ``htsr mdtree fit``; any problem is one error naming the file."""
+    p = Path(path)
+    try:
+        d = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DiagnosisError(f"{p}: not a JSON model file ({e})") from None
+    try:
+        return load_tree(d)
+    except ConfigError as e:
+        raise DiagnosisError(f"{p}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- baselines

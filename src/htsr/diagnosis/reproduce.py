@@ -1,4 +1,4 @@
-"""Reproduce the MD tree paper's Table B (MD ``benchmark/README.md``) on the shared population.
+"""Reproduce the MD tree paper's Table B (MD ``benchmark/README.md``) on the MD population (shipped with htsr).
 
 Five cases, each trained on part of the clean population F and tested on all of the noisy F'
 (``optimal`` rows dropped), accuracy in % averaged over the seeds (42, 90, 38, 18, 72):
@@ -116,7 +116,8 @@ def run_case(case: Case, clean: pd.DataFrame, noisy: pd.DataFrame, seeds: Sequen
 def reproduce_table(data_dir: str | os.PathLike | None = None, cases: Sequence[int] | None = None,
                     seeds: Sequence[int] = PAPER_SEEDS, baseline_seeding: str = "per-seed",
                     extras: bool = False) -> pd.DataFrame:
-    """The reproduced Table B in long form: one row per (case, method), next to the published accuracy."""
+    """The reproduced Table B in long form: one row per (case, method), next to the published accuracy.
+    ``data_dir``: a folder with the two population CSVs (default: the copies shipped with htsr)."""
     wanted = [c.number for c in CASES] if cases is None else list(cases)
     unknown = [n for n in wanted if n not in {c.number for c in CASES}]
     if unknown:

@@ -50,21 +50,29 @@ def grid(**axes: Sequence[Any]) -> list[Cell]:
 
 
 def run_sweep(fn: CellFn, cells: Sequence[Cell], store: ResultStore, *, executor: Any = None,
-              extra: Mapping[str, Any] | None = None, progress: bool | None = None) -> pd.DataFrame:
-    """Run every cell not already done in ``store`` and record each as it finishes; returns the store's table.
+              extra: Mapping[str, Any] | None = None, progress: bool | None = None,
+              max_cells: int | None = None) -> pd.DataFrame:
+    """Run every cell not already done in ``store`` and record each as it finishes; returns the store's table
+    with ``attrs`` ``n_cells``, ``n_resumed`` (already done) and ``n_run`` (run by this call).
 
     ``executor``: ``None``/``"local"`` (in this process), ``"ray"`` (a local Ray instance), or an executor object
     (:class:`~htsr.experiments.executors.RayExecutor` with an address and resources). Results are recorded by
     this process as they arrive, whichever worker computed them, so an interrupted sweep resumes where it stopped.
     ``extra``: constant columns added to each row (e.g. ``config_id``) and to the key, so a changed
-    configuration does not resume from old rows.
+    configuration does not resume from old rows. ``max_cells``: run at most that many of the cells left (a
+    time box; the next call continues).
     """
+    if max_cells is not None and (isinstance(max_cells, bool) or not isinstance(max_cells, int) or max_cells < 0):
+        raise ConfigError(f"max_cells must be an integer >= 0 or None, got {max_cells!r}")
     own = executor is None or isinstance(executor, str)
     if own:
         executor = make_executor(executor or "local")
     extra = dict(extra or {})
     todo = [c for c in cells if not store.done(cell_key({**c.params, **extra}))]
-    log.info("sweep: %d cell(s), %d already done, %d to run", len(cells), len(cells) - len(todo), len(todo))
+    n_resumed = len(cells) - len(todo)
+    if max_cells is not None:
+        todo = todo[:max_cells]
+    log.info("sweep: %d cell(s), %d already done, %d to run", len(cells), n_resumed, len(todo))
     bar = progress_bar(progress, total=len(todo), desc="sweep", unit="cell")
     try:
         for cell, result in executor.map(_Timed(fn), todo):
@@ -84,7 +92,9 @@ def run_sweep(fn: CellFn, cells: Sequence[Cell], store: ResultStore, *, executor
             bar.close()
         if own:
             executor.close()
-    return store.table()
+    table = store.table()
+    table.attrs.update(n_cells=len(cells), n_resumed=n_resumed, n_run=len(todo))
+    return table
 
 
 class _Timed:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,19 +12,15 @@ import pytest
 import torch
 
 from htsr.cli.main import main
+from htsr.data.reference import mdtree_population
 from htsr.diagnosis import DiagnosisError
-from htsr.diagnosis.pipeline import (
-    ADVICE,
-    GRIDS,
-    PopulationConfig,
-    build_population,
-    diagnose,
-    fit_diagnoser,
-    load_population_dir,
-)
+from htsr.diagnosis.advice import ADVICE, diagnose
+from htsr.diagnosis.config import GRIDS, DiagnoserConfig, PopulationConfig
+from htsr.diagnosis.diagnoser import Diagnoser, fit_diagnoser
+from htsr.diagnosis.own_population import build_population, load_population_dir
+from htsr.errors import ConfigError
 
-MDTREE_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mdtree"
-TINY = GRIDS["tiny"]
+TINY = GRIDS.get("tiny")
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +84,7 @@ def test_features_finite_and_in_paper_units(tiny):
     assert pop.loc[pop["width"] == 4, "para_amount"].iloc[0] > pop.loc[pop["width"] == 1, "para_amount"].iloc[0]
 
 
-def test_diagnose_reproduces_features_and_gives_advice(tiny, capsys):
+def test_diagnose_reproduces_features_and_gives_advice(tiny, tmp_path, capsys):
     out, _, _, pop = tiny
     frame, config = load_population_dir(out)
     assert config == TINY and len(frame) == 4
@@ -103,17 +98,32 @@ def test_diagnose_reproduces_features_and_gives_advice(tiny, capsys):
     assert set(d.predictions) == {"temperature", "width", "data"}
     assert d.advice and all(any(a.startswith(v) for v in ADVICE.values()) for a in d.advice)
     assert "advice: " in str(d)
-
-    rc = main(["mdtree", "diagnose", "--population", str(out), str(model_dir / "seed0"),
-               str(model_dir / "seed1" / "model.safetensors"), "--data", "0.25", "--out", str(out / "d.json")])
+    assert set(d.trees) <= {"temperature", "width", "data"}
+    # a bare .safetensors state dict (outside its checkpoint folder) is read too; the width comes from its shapes
+    bare = tmp_path / "w4.safetensors"
+    bare.write_bytes((model_dir / "seed1" / "model.safetensors").read_bytes())
+    rc = main(["mdtree", "diagnose", "--population", str(out), str(model_dir / "seed0"), str(bare),
+               "--data", "0.25", "--out", str(tmp_path / "d.json")])
     text = capsys.readouterr().out
     assert rc == 0
-    assert "advice: " in text and "batch size" in text
-    assert json.loads((out / "d.json").read_text())["advice"] == d.advice
+    assert "advice: " in text and "batch size" in text and "tree fitted on" in text
+    assert json.loads((tmp_path / "d.json").read_text())["advice"] == d.advice
+    # --set reaches the diagnoser: the paper's bounds give the trees of fit_diagnoser(bounds="paper")
+    rc = main(["mdtree", "diagnose", "--population", str(out), str(model_dir / "seed0"),
+               str(model_dir / "seed1" / "model.safetensors"), "--data", "0.25", "--set", "bounds=paper", "--json"])
+    res = json.loads(capsys.readouterr().out)
+    paper = fit_diagnoser(pop, bounds="paper")
+    assert rc == 0 and res["predictions"] == {k: str(v) for k, v in
+                                              paper.predict(pd.DataFrame([d.features])).iloc[0].items()}
+    assert {k: v["train_accuracy"] for k, v in res["trees"].items()} == {
+        k: v["train_accuracy"] for k, v in paper.summary().items()}
 
-    rc = main(["mdtree", "population", "--out", str(out), "--grid", "tiny"])  # resumes: nothing to train
+    rc = main(["mdtree", "population", "--out-dir", str(out), "--grid", "tiny"])  # resumes: nothing to train
     text = capsys.readouterr().out
     assert rc == 0 and "4/4 configurations finished (0 trained now, 4 resumed)" in text
+    rc = main(["mdtree", "population", "--out-dir", str(out), "--json"])  # no --grid/--set: the folder's own
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 0 and res["finished"] == 4 and res["trained"] == 0
 
 
 def test_bad_input(tiny, tmp_path, capsys):
@@ -127,20 +137,23 @@ def test_bad_input(tiny, tmp_path, capsys):
     assert rc == 2 and "safetensors" in capsys.readouterr().err
     rc = main(["mdtree", "diagnose", "--population", str(tmp_path), str(bogus), str(bogus)])
     assert rc == 2 and "not a population folder" in capsys.readouterr().err
-    with pytest.raises(DiagnosisError, match="another recipe"):
+    with pytest.raises(DiagnosisError, match="another configuration"):
         build_population(PopulationConfig(widths=(1,), batch_sizes=(32,), data_fractions=(0.25,), epochs=5), out)
-    with pytest.raises(DiagnosisError, match="2 distinct seeds"):
+    with pytest.raises(ConfigError, match="2 distinct seeds"):
         PopulationConfig(seeds=(0,))
-    with pytest.raises(DiagnosisError, match="data fractions"):
+    with pytest.raises(ConfigError, match=r"data_fractions must be a finite number in \(0.0, 1.0\]"):
         PopulationConfig(data_fractions=(0.0,))
-    with pytest.raises(DiagnosisError, match="unknown grid"):
+    with pytest.raises(ConfigError, match="unknown option.*'epoch'.*valid: .*epochs"):
+        PopulationConfig.from_dict({"epoch": 3})
+    with pytest.raises(ConfigError, match="unknown population grid 'huge'; expected one of small, tiny"):
         build_population("huge", tmp_path / "p")
+    with pytest.raises(ConfigError, match="unknown task 'depth'"):
+        DiagnoserConfig(tasks=("depth",))
 
 
-@pytest.mark.skipif(not (MDTREE_DATA / "dataframe_normal_public.csv").is_file(), reason="shared MD data absent")
 def test_fit_diagnoser_on_md_population():
     """On the paper's population (two classes per task) the diagnoser fits real trees in the paper's units."""
-    clean = pd.read_csv(MDTREE_DATA / "dataframe_normal_public.csv")
+    clean = mdtree_population("normal")
     sub = clean[clean["data"].isin([2, 10]) & clean["width"].isin([4, 16, 64])]
     diag = fit_diagnoser(sub, tasks=("temperature", "width"), bounds="paper")
     assert set(diag.trees) == {"temperature", "width"} and not diag.constant
@@ -150,15 +163,13 @@ def test_fit_diagnoser_on_md_population():
     pred = diag.predict(labelled)
     assert set(pred["temperature"]) <= {"large", "small"}
     # a saved diagnoser (JSON) predicts the same
-    import json
-
-    from htsr.diagnosis.pipeline import Diagnoser
-
     back = Diagnoser.from_dict(json.loads(json.dumps(diag.to_dict())))
     assert back.n_train == diag.n_train and set(back.trees) == set(diag.trees)
     pd.testing.assert_frame_equal(back.predict(labelled), pred)
     with pytest.raises(DiagnosisError, match="not a saved diagnoser"):
         Diagnoser.from_dict({"schema": "other"})
+    with pytest.raises(ConfigError, match="unknown diagnoser key.*'extra'"):
+        Diagnoser.from_dict({**diag.to_dict(), "extra": 1})
     auto = fit_diagnoser(sub, tasks=("temperature",), bounds="auto")
     lo, hi = auto.trees["temperature"].bounds[2]
     assert lo <= sub["hessian_t"].min() and hi >= sub["hessian_t"].max()
