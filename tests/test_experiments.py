@@ -101,3 +101,19 @@ def test_store_rejects_a_file_path(tmp_path):
     f.write_text("")
     with pytest.raises(ConfigError, match="not a directory"):
         ResultStore(f)
+
+
+def test_max_cells_time_boxes_a_sweep_and_attrs_count_the_cells(tmp_path):
+    cells = grid(fraction=[1.0, 0.5], seed=[0, 1, 2], method=["tb"])
+    calls: list = []
+    fn = _cell_fn(calls)
+    t = run_sweep(fn, cells, ResultStore(tmp_path), max_cells=4, progress=False)
+    assert calls == [(c.params["fraction"], c.params["seed"], "tb") for c in cells[:4]]  # the first 4, in order
+    assert len(t) == 4 and t.attrs == {"n_cells": 6, "n_resumed": 0, "n_run": 4}
+    t = run_sweep(fn, cells, ResultStore(tmp_path), max_cells=0, progress=False)
+    assert len(calls) == 4 and t.attrs == {"n_cells": 6, "n_resumed": 4, "n_run": 0}
+    t = run_sweep(fn, cells, ResultStore(tmp_path), progress=False)
+    assert len(calls) == 6 and t.attrs == {"n_cells": 6, "n_resumed": 4, "n_run": 2} and len(t) == 6
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ConfigError, match="max_cells must be an integer >= 0"):
+            run_sweep(fn, cells, ResultStore(tmp_path), max_cells=bad)
