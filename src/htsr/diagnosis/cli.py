@@ -143,6 +143,7 @@ def register(subparsers: Any) -> None:
     pop.add_argument("--no-models", action="store_true", help="do not keep the trained models' weights")
     C.add_threads(pop)
     C.add_progress(pop)
+    C.add_executor(pop)
     C.add_json(pop)
     pop.set_defaults(func=cmd_population)
 
@@ -305,8 +306,9 @@ def cmd_population(args: argparse.Namespace) -> int:
     sets = C.overrides(args)
     config = GRIDS.get(args.grid or "small").replace(**sets) if (args.grid or sets) else None
     t0 = time.perf_counter()
-    frame = build_population(config, args.out_dir, max_new=args.max_configs, save_models=not args.no_models,
-                             progress=args.progress, overwrite=args.overwrite)
+    with C.executor_from_args(args) as executor:
+        frame = build_population(config, args.out_dir, max_new=args.max_configs, save_models=not args.no_models,
+                                 progress=args.progress, overwrite=args.overwrite, executor=executor)
     a = frame.attrs
     cols = [c for c in ("width", "bs", "data", "test_acc", "train_error", "mode_connectivity_peak", "hessian_t",
                         "CKA") if c in frame]

@@ -168,8 +168,8 @@ def _prepare_folder(out: Path, config: PopulationConfig | None, overwrite: bool)
 
 
 def build_population(config: PopulationConfig | str | None, out_dir: str | Path, *, max_new: int | None = None,
-                     save_models: bool = True, progress: bool | None = None, overwrite: bool = False
-                     ) -> pd.DataFrame:
+                     save_models: bool = True, progress: bool | None = None, overwrite: bool = False,
+                     executor: Any = None) -> pd.DataFrame:
     """Train and measure every configuration of ``config`` (a :class:`PopulationConfig`, a :data:`GRIDS` name, or
     None: the folder's own configuration, ``small`` for a new folder) not yet stored under ``out_dir``; returns
     the population, one row per finished configuration (grid order).
@@ -178,8 +178,11 @@ def build_population(config: PopulationConfig | str | None, out_dir: str | Path,
     refused unless ``overwrite`` (then the old population is discarded; only a previous htsr output is ever
     replaced). ``max_new`` stops after that many new configurations (a time box; rerun to continue). Writes
     ``config.json``, ``results.csv``, ``cells/``, ``population.csv`` and, with ``save_models``,
-    ``models/<key>/seed<k>/``. ``frame.attrs``: ``n_trained`` (this call), ``n_resumed``, ``n_missing`` (not
-    finished yet), ``failed`` (one line per failed configuration), ``recipe_id``, ``config``.
+    ``models/<key>/seed<k>/``. ``executor``: where the configurations are trained
+    (:func:`htsr.experiments.run_sweep`: ``None``/``"local"`` in this process, ``"ray"`` or a ``RayExecutor``;
+    the workers write the models, so a multi-node cluster needs ``out_dir`` on a shared filesystem).
+    ``frame.attrs``: ``n_trained`` (this call), ``n_resumed``, ``n_missing`` (not finished yet), ``failed`` (one
+    line per failed configuration), ``recipe_id``, ``config``.
     """
     from htsr.experiments import grid, run_sweep
     from htsr.io import write_table
@@ -194,7 +197,8 @@ def build_population(config: PopulationConfig | str | None, out_dir: str | Path,
                  data=[float(d) for d in config.data_fractions])
     fn = functools.partial(population_cell, config=config.to_dict(),
                            models_dir=str(out / "models") if save_models else None)
-    table = run_sweep(fn, cells, store, extra={"recipe_id": rid}, progress=progress, max_cells=max_new)
+    table = run_sweep(fn, cells, store, executor=executor, extra={"recipe_id": rid}, progress=progress,
+                      max_cells=max_new)
     frame = _population_frame(table, config)
     bad = table[(table["status"] != "ok") & (table["recipe_id"] == rid)] if len(table) else table
     failed = [f"width={r['width']} bs={r['bs']} data={r['data']}: {r.get('error', '?')}" for _, r in bad.iterrows()]
