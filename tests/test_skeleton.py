@@ -109,6 +109,7 @@ def test_config_convention():
     c = _Cfg.from_dict({"epochs": "5", "lr": 1, "widths": [4, 8], "flag": "true", "limit": "none"})
     assert (c.epochs, c.lr, c.widths, c.flag, c.limit) == (5, 1.0, (4, 8), True, None)
     assert isinstance(c.lr, float)
+    assert _Cfg.from_dict({"widths": 4}).widths == (4,) and _Cfg.from_dict({"widths": "4,8"}).widths == (4, 8)
     assert c.to_dict() == {"epochs": 5, "lr": 1.0, "name": "a", "widths": [4, 8], "limit": None, "flag": True}
     assert _Cfg.from_dict(c.to_dict()) == c
     assert c.replace(epochs=7).epochs == 7 and c.epochs == 5

@@ -101,6 +101,8 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     if origin in (tuple, list) or tp in (tuple, list):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = [value]  # `--set widths=4`: a list of one
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{name}: expected a list, got {value!r}")
         args = typing.get_args(tp)
