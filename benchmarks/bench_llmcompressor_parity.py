@@ -78,7 +78,7 @@ def per_layer(ra, rb):
 
 
 def weight_diff(ma, mb):
-    from htsr.pruning.models import find_layout, weight_2d
+    from htsr.nn import find_layout, weight_2d
 
     same = 0
     mx = 0.0
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     from htsr.data.corpora import kjv_text
     from htsr.pruning import evaluation as E
     from htsr.pruning.backends.llmcompressor import prune_with_llmcompressor, require
-    from htsr.pruning.models import load_model, prune_model
+    from htsr.pruning.prune import load_model, prune_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -268,8 +268,9 @@ def _llmc_with_list(llmc, model, report, sparsities, calib, proc):
     from llmcompressor.modifiers.pruning import SparseGPTModifier
     from torch.utils.data import DataLoader
 
+    from htsr.nn import weight_2d
     from htsr.pruning.backends.llmcompressor import _config_on_disk, _quiet, _TokenizedCalibration, check_supported
-    from htsr.pruning.models import PruneReport, weight_2d
+    from htsr.pruning.prune import PruneReport
 
     _, block_class = check_supported(model, "sparsegpt")
     mod = SparseGPTModifier(sparsity=sparsities, targets=[r["name"] for r in report.layers], block_size=128,

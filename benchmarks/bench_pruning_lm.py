@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from htsr.io import write_json  # noqa: E402
 from htsr.pruning.evaluation import calibration_windows, perplexity  # noqa: E402
-from htsr.pruning.models import load_model, prune_model  # noqa: E402
+from htsr.pruning.prune import load_model, prune_model  # noqa: E402
 from train_kjv_lm import corpora  # noqa: E402
 
 

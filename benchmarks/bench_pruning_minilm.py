@@ -20,7 +20,7 @@ from htsr.data.corpora import KJV_BOOKS, kjv_text, kjv_verses
 from htsr.examples import example_path
 from htsr.io import write_json
 from htsr.pruning import evaluation as E
-from htsr.pruning.models import load_model, prune_model
+from htsr.pruning.prune import load_model, prune_model
 
 
 @torch.no_grad()

@@ -86,18 +86,19 @@ def check_not_input(output: str | os.PathLike, inputs: Iterable[Any]) -> None:
             raise OutputError(f"output {output} lies inside the input directory {src}; choose a path outside it")
 
 
-def replace_dir(out_dir: str | os.PathLike, fill: Callable[[Path], None], *, overwrite: bool = False,
-                inputs: Iterable[Any] = ()) -> Path:
-    """Write a directory atomically: ``fill(tmp)`` fills a hidden sibling, which is renamed to ``out_dir``.
-
-    ``out_dir`` must not exist, be empty, or (with ``overwrite``) be a previous htsr output holding
-    :data:`MARKER`. A symlink at ``out_dir`` is refused, never followed. The marker is written into the result.
-    """
+def check_replace_dir(out_dir: str | os.PathLike, *, overwrite: bool = False, inputs: Iterable[Any] = ()) -> Path:
+    """The checks :func:`replace_dir` makes before writing, on their own (a command runs them before its work):
+    ``out_dir`` is not a symlink, not an input, not inside or containing an input, and either absent, empty, or
+    (with ``overwrite``) a previous htsr output that is not the current directory. Returns the resolved path."""
     given = Path(out_dir)
+    inputs = list(inputs)
     check_not_input(given, inputs)
     if given.is_symlink():
         raise OutputError(f"{given} is a symbolic link; htsr never replaces what a link points to: give a real path")
     out = _resolved(given)
+    for src in inputs:
+        if isinstance(src, str | os.PathLike) and _resolved(src).is_relative_to(out):
+            raise OutputError(f"output {given} contains the input {src}; choose a directory outside it")
     if out.exists():
         if not out.is_dir():
             raise OutputError(f"{out} exists and is not a directory")
@@ -109,6 +110,18 @@ def replace_dir(out_dir: str | os.PathLike, fill: Callable[[Path], None], *, ove
                               "delete it: choose a new or empty directory")
         if out == Path.cwd().resolve() or Path.cwd().resolve().is_relative_to(out):
             raise OutputError(f"{out} is the current directory (or contains it); choose another output directory")
+    return out
+
+
+def replace_dir(out_dir: str | os.PathLike, fill: Callable[[Path], None], *, overwrite: bool = False,
+                inputs: Iterable[Any] = ()) -> Path:
+    """Write a directory atomically: ``fill(tmp)`` fills a hidden sibling, which is renamed to ``out_dir``.
+
+    ``out_dir`` must not exist, be empty, or (with ``overwrite``) be a previous htsr output holding
+    :data:`MARKER` (:func:`check_replace_dir`). A symlink at ``out_dir`` is refused, never followed. The marker is
+    written into the result.
+    """
+    out = check_replace_dir(out_dir, overwrite=overwrite, inputs=inputs)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:

@@ -51,7 +51,16 @@ class ResultStore:
         self.path = self.directory / "results.csv"
         self.rows: list[dict[str, Any]] = []
         if self.path.is_file():
-            df = pd.read_csv(self.path)
+            try:
+                df = pd.read_csv(self.path)
+            except pd.errors.EmptyDataError:
+                df = pd.DataFrame()
+            except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
+                raise ConfigError(f"{self.path} is not a results table written by htsr ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''})") from None
+            if len(df.columns) and "key" not in df.columns:
+                raise ConfigError(f"{self.path} is not a results table written by htsr (no 'key' column; columns: "
+                                  f"{', '.join(map(str, df.columns[:8]))})")
             self.rows = [{k: v for k, v in r.items() if not (isinstance(v, float) and math.isnan(v))}
                          for r in df.to_dict("records")]
 

@@ -112,11 +112,17 @@ class _Timed:
 
 def summarize(table: pd.DataFrame, metric: str, by: Sequence[str] = ("recipe", "method", "fraction")
               ) -> pd.DataFrame:
-    """Mean, standard deviation (ddof=1), min, max and count of ``metric`` over successful rows per group."""
+    """Mean, standard deviation (ddof=1), min, max and count of ``metric`` over successful rows per group.
+
+    Rows of different configurations (a ``config_id`` column) are never pooled: ``config_id`` is added to ``by``
+    when the table has it."""
     if table.empty or metric not in table.columns:
         raise ConfigError(f"no column {metric!r} in the results (columns: {list(table.columns)})")
     ok = table[table["status"] == "ok"] if "status" in table.columns else table
-    g = ok.groupby(list(by))[metric]
+    by = list(by)
+    if "config_id" in ok.columns and "config_id" not in by:
+        by.insert(1 if by and by[0] == "recipe" else 0, "config_id")
+    g = ok.groupby(by)[metric]
     out = g.agg(mean="mean", std=lambda s: float(np.std(s, ddof=1)) if len(s) > 1 else float("nan"),
                 min="min", max="max", n="count").reset_index()
     return out

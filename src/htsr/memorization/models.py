@@ -1,6 +1,6 @@
 """TinyMem models (GPT-2 style, via ``transformers``), checkpoints, and the MLP adapter used by unlearning.
 
-The MLP adapter builds on the pruning package's block finder (:func:`htsr.pruning.models.find_layout`, reused
+The MLP adapter builds on the pruning package's block finder (:func:`htsr.nn.find_layout`, reused
 unchanged) and names, in each block, the MLP's up-projection(s) and down-projection by the Hugging Face naming of
 GPT-2 (``mlp.c_fc``/``mlp.c_proj``), GPT-NeoX/Pythia/Falcon (``mlp.dense_h_to_4h``/``mlp.dense_4h_to_h``),
 LLaMA/Mistral/Qwen (``mlp.gate_proj`` + ``mlp.up_proj``/``mlp.down_proj``), OPT (``fc1``/``fc2``) and BERT-style
@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from htsr.memorization.errors import MemorizationError
-from htsr.pruning.errors import PruningError
-from htsr.pruning.models import _is_prunable, find_layout
+from htsr.nn import LayoutError, find_layout
+from htsr.nn import is_linear_like as _is_prunable
 
 #: (up-projection suffixes, down-projection suffix) per naming family, tried in order.
 MLP_NAMINGS: tuple[tuple[tuple[str, ...], str], ...] = (
@@ -62,7 +62,7 @@ def find_mlps(model: nn.Module) -> list[MLP]:
     """Each transformer block's MLP, or a :class:`MemorizationError` naming what was expected."""
     try:
         layout = find_layout(model)
-    except PruningError as e:
+    except LayoutError as e:
         raise MemorizationError(f"no recognisable MLP layers: {e}") from None
     mlps = []
     for k, blk in enumerate(layout.blocks):

@@ -35,12 +35,11 @@ from htsr.training import Callback
 
 
 def _blocks(model: nn.Module) -> tuple[str, list[nn.Module], dict[str, nn.Module]]:
-    from htsr.pruning.errors import PruningError
-    from htsr.pruning.models import find_layout
+    from htsr.nn import LayoutError, find_layout
 
     try:
         layout = find_layout(model)
-    except PruningError as e:
+    except LayoutError as e:
         raise MemorizationError(str(e)) from None
     mats = {n: m for blk in layout.layers for n, m in blk.items()}
     return layout.blocks_path, layout.blocks, mats

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from htsr.devices import model_device
+from htsr.nn import eval_mode
 from htsr.pruning.errors import PruningError
 
 
@@ -153,18 +154,14 @@ def perplexity(model: nn.Module, ids: torch.Tensor, seqlen: int, batch_size: int
     n = ids.numel() // seqlen
     if n < 1:
         raise PruningError(f"text has {ids.numel()} tokens, shorter than one window of {seqlen}")
-    was_training = model.training
-    model.eval()
     dev = model_device(model)
     windows = ids[: n * seqlen].reshape(n, seqlen)
     total = 0.0
-    try:
+    with eval_mode(model):
         for i in range(0, n, batch_size):
             x = windows[i:i + batch_size].to(dev)
             logits = _logits(model, x)[:, :-1].float()
             nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1),
                                                     reduction="sum")
             total += float(nll)
-    finally:
-        model.train(was_training)
     return math.exp(total / (n * (seqlen - 1)))

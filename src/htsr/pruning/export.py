@@ -6,7 +6,7 @@ the 2:4 pattern, a ``sparsity_config`` built with compressed-tensors' own schema
 (``format: dense``, ``sparsity_structure: "2:4"``, ``targets: ["Linear"]``, ``ignore``: the linear
 layers that were not pruned, e.g. ``lm_head``). That block is how a server is told which layers are
 2:4 (vLLM's CUTLASS 2:4 integration read exactly these fields). The directory is written by
-:func:`htsr.pruning.models.save_pruned` (atomic; tokenizer files and the htsr report beside it) and
+:func:`htsr.pruning.prune.save_pruned` (atomic; tokenizer files and the htsr report beside it) and
 reloads with ``transformers.AutoModelForCausalLM.from_pretrained`` when compressed-tensors is installed.
 
 Compatibility, as of compressed-tensors 0.19/0.20 and vLLM's 2026 releases (see docs/pruning.md):
@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from htsr.nn import find_layout, is_linear_like, weight_2d
 from htsr.pruning.backends import require
 from htsr.pruning.errors import PruningError
-from htsr.pruning.models import PruneReport, _is_prunable, find_layout, save_pruned, sparsity_of, weight_2d
+from htsr.pruning.prune import PruneReport, save_pruned, sparsity_of
 
 FORMATS = ("hf", "compressed-tensors")
 STRUCTURES = ("auto", "2:4", "unstructured")
@@ -63,7 +64,7 @@ def _check_structure(model: nn.Module, structure: str) -> str:
 def _dense_linears(model: nn.Module) -> list[str]:
     """Linear / HF Conv1D modules outside the pruned blocks (embeddings' projections, the LM head): never sparse."""
     pruned = set(find_layout(model).names)
-    return [n for n, m in model.named_modules() if n and _is_prunable(m) and n not in pruned]
+    return [n for n, m in model.named_modules() if n and is_linear_like(m) and n not in pruned]
 
 
 def compressed_tensors_config(model: nn.Module, structure: str = "auto", mark_sparsity: bool | None = None) -> dict:
@@ -108,7 +109,7 @@ def export_compressed_tensors(
 ) -> Path:
     """Save ``model`` as a compressed-tensors checkpoint (dense storage, sparsity metadata) into ``out_dir``.
 
-    Same directory contract as :func:`~htsr.pruning.models.save_pruned` (atomic, tokenizer files copied
+    Same directory contract as :func:`~htsr.pruning.prune.save_pruned` (atomic, tokenizer files copied
     from ``source_dir``, never writes into it). The model is left unchanged.
     The report, when given, is written with an ``export`` entry in its settings.
     """

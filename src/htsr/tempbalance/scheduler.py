@@ -1,7 +1,10 @@
 """The TempBalance scheduler: per-layer learning rates from heavy-tail metrics, recomputed during training.
 
-``TempBalance`` wraps any ``torch.optim.Optimizer``. At construction it analyses the model with the spectral
-engine (:func:`htsr.analyze`, preset ``"tempbalance"``), decides which layers (or transformer blocks) are tuned,
+``TempBalance`` wraps any ``torch.optim.Optimizer``. Its settings are one
+:class:`~htsr.tempbalance.config.TempBalanceConfig` (``config=`` or keyword settings). At construction it takes the
+``analysis=`` the caller already has or analyses the model with the spectral engine (:func:`htsr.analyze`, preset
+``"tempbalance"``), reads each layer's metric through :meth:`htsr.Analysis.metric` (NaN policy ``"nan"``), decides
+which layers (or transformer blocks, :func:`htsr.nn.block_of`) are tuned,
 and splits the optimizer's parameter groups so that each tuned unit has its own group, **matched by module
 name**. Each :meth:`TempBalance.step` then
 
@@ -15,10 +18,11 @@ Fixes of the reference code (``YefanZhou/TempBalance``, ``ZihangHLiu/ModelBalanc
 
 * Parameter groups are matched to layers by module name (group key ``tb_unit``), never by position; the
   reference rewrote ``param_groups[i]`` assuming an order that any other group layout breaks.
-* Norm layers follow the nearest preceding Linear/Conv **with the same parent module** (``norms="order"``);
-  the reference's ``layernorm=True`` paired a LayerNorm with whichever Linear came before it in module order,
-  which in pre-LN transformers is the previous block's last projection. ``norms="name"`` is the reference's
-  ``bn -> conv`` name rule.
+* Norm layers follow their layer by the reference's name rule (``norms="name"``: ``...bnK`` gets the rate of
+  ``...convK``), so a ResNet's shortcut BatchNorm and its stem BatchNorm, whose convs are not tuned, keep the base
+  rate as in the reference. ``norms="order"`` pairs a norm with the nearest preceding tuned layer *with the same
+  parent module* (the reference's ``layernorm=True`` paired a LayerNorm with whichever Linear came before it in
+  module order, which in pre-LN transformers is the previous block's last projection).
 * A unit whose metric is NaN (failed fit, non-finite weights) keeps the base rate and the log says so; the
   reference fed NaN into ``np.interp`` and set NaN learning rates. All-equal metrics get the map's midpoint.
 * Existing parameter groups are kept: each is split by unit with its own hyper-parameters (weight decay ...)
@@ -27,7 +31,6 @@ Fixes of the reference code (``YefanZhou/TempBalance``, ``ZihangHLiu/ModelBalanc
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import logging
 import math
@@ -42,20 +45,14 @@ import torch
 from torch import nn
 
 from htsr.errors import ConfigError, HtsrError
-from htsr.spectra.config import make_config
-from htsr.tempbalance.mapping import MAPPINGS, get_mapping
+from htsr.nn import Patterns, block_of, is_norm, parent
+from htsr.tempbalance.config import TempBalanceConfig, resolve
+from htsr.tempbalance.mapping import get_mapping
 from htsr.training.loop import Callback, TrainState
 
 log = logging.getLogger(__name__)
 
-METRICS = ("alpha", "alpha_hat", "spectral_norm", "log_spectral_norm")
-UNITS = ("layer", "block")
-NORMS = ("order", "name", "none")
-#: Reference regex ``(.*?)\.(\d+)\.(.*)``: the block of ``encoder.layer.3.attention.self.query`` is
-#: ``encoder.layer.3``; of ``layer1.0.conv1`` it is ``layer1.0``.
-BLOCK_PATTERN = r"^(.*?\.\d+)\."
 STATE_VERSION = 1
-_DOMAIN = {"sqrt": ("alpha", "spectral_norm"), "log2": ("alpha",)}
 
 
 class TempBalanceError(HtsrError):
@@ -69,27 +66,6 @@ def _blas_controller() -> Any:
     return ThreadpoolController()  # finding the BLAS libraries costs ~0.1 s: once per process
 
 
-def _is_norm(mod: nn.Module) -> bool:
-    if isinstance(mod, nn.modules.batchnorm._NormBase | nn.LayerNorm | nn.GroupNorm):
-        return True
-    name = type(mod).__name__.lower()
-    return "norm" in name and any(True for _ in mod.parameters(recurse=False))
-
-
-def _parent(name: str) -> str:
-    return name.rpartition(".")[0]
-
-
-def _glob(patterns: Sequence[str], name: str) -> bool:
-    for p in patterns:
-        if p.startswith("re:"):
-            if re.search(p[3:], name):
-                return True
-        elif fnmatch.fnmatchcase(name, p):
-            return True
-    return False
-
-
 class TempBalance:
     """Per-layer learning rates from each layer's heavy-tail metric (TempBalance, NeurIPS'23; Model Balancing,
     EMNLP'24). Feels like a ``torch.optim.lr_scheduler``: ``step()``, ``get_last_lr()``, ``state_dict()``,
@@ -101,22 +77,15 @@ class TempBalance:
             Its groups are split by unit in place; each group keeps its hyper-parameters.
         base_scheduler: a factory ``optimizer -> scheduler`` for the global schedule (cosine, warmup + linear,
             StepLR ...), called on the regrouped optimizer; ``None``: constant base rate (or ``step(base_lr=)``).
-        mapping: ``linear`` (default, s1/s2), ``rank``, ``sqrt``, ``log2`` or ``sigmoid`` (s_min/s_max/temperature).
-        metric: ``alpha`` (default), ``alpha_hat``, ``spectral_norm`` (lambda_max, as the reference) or
-            ``log_spectral_norm``.
-        unit: ``layer`` (default) or ``block`` (block-averaged metric; every parameter under the block's module
-            path, norms included, gets the block's rate).
-        interval: recompute the metric every ``interval`` calls of :meth:`step` (epochs or steps, whichever
-            cadence the caller steps at).
-        exclude_first / exclude_last: leave the first / last analysable layer (module order) at the base rate.
-        exclude: globs (or ``re:REGEX``) on module names never tuned.
-        norms: how norm layers follow a tuned layer with ``unit="layer"``: ``order`` (default), ``name``
-            (BatchNorm ``...bnK`` follows ``...convK``), ``none``.
-        preset / analysis_options: spectral-engine preset and overrides (e.g. ``xmin_pos=1.5``, ``min_evals=12``,
-            ``kinds=("linear", "conv1d")``, ``threshold=1e-5``).
-        update_at_init: compute the multipliers from the initial weights at construction (the reference does).
-    Attributes (after construction): ``units_`` (tuned unit names), ``layers_`` (unit -> its analysed layers),
-    ``excluded_`` (layer -> why not tuned), ``multipliers_``, ``values_`` (unit -> metric), ``history``
+        config: a :class:`~htsr.tempbalance.config.TempBalanceConfig` (or a dict of its fields); default: the
+            NeurIPS'23 recipe.
+        analysis: an :class:`htsr.Analysis` of ``model`` the caller already has, used for the initial selection
+            and multipliers instead of analysing the model again (its rows decide which layers are analysable);
+            recomputations during training use ``config.preset``.
+        **settings: any :class:`~htsr.tempbalance.config.TempBalanceConfig` field, applied over ``config``
+            (``mapping="rank"``, ``unit="block"``, ``interval=10``, ``exclude=["*.shortcut.*"]`` ...).
+    Attributes (after construction): ``config``, ``units_`` (tuned unit names), ``layers_`` (unit -> its analysed
+    layers), ``excluded_`` (layer -> why not tuned), ``multipliers_``, ``values_`` (unit -> metric), ``history``
     (DataFrame: one row per unit per update), ``metric_time_s`` (total time spent in recomputation).
     """
 
@@ -126,44 +95,19 @@ class TempBalance:
         optimizer: torch.optim.Optimizer,
         *,
         base_scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
-        mapping: str = "linear",
-        metric: str = "alpha",
-        unit: str = "layer",
-        interval: int = 1,
-        s1: float = 0.5,
-        s2: float = 1.5,
-        s_min: float = 1.0,
-        s_max: float = 1.0,
-        temperature: float = 10.0,
-        exclude_first: bool = True,
-        exclude_last: bool = True,
-        exclude: Sequence[str] = (),
-        norms: str = "order",
-        block_pattern: str = BLOCK_PATTERN,
-        preset: str = "tempbalance",
-        analysis_options: dict[str, Any] | None = None,
-        update_at_init: bool = True,
+        config: TempBalanceConfig | dict[str, Any] | None = None,
+        analysis: Any = None,
+        **settings: Any,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ConfigError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if metric not in METRICS:
-            raise ConfigError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
-        if unit not in UNITS:
-            raise ConfigError(f"unknown unit {unit!r}; expected 'layer' or 'block'")
-        if norms not in NORMS:
-            raise ConfigError(f"unknown norms option {norms!r}; expected one of {', '.join(NORMS)}")
-        if mapping not in MAPPINGS:
-            raise ConfigError(f"unknown mapping {mapping!r}; expected one of {', '.join(MAPPINGS)}")
-        if mapping in _DOMAIN and metric not in _DOMAIN[mapping]:
-            raise ConfigError(f"the {mapping} map is defined for metric {' or '.join(_DOMAIN[mapping])} only "
-                              f"(got {metric!r}, which can be <= {0 if mapping == 'sqrt' else 1}); "
-                              "use mapping='linear', 'rank' or 'sigmoid'")
-        if not isinstance(interval, int) or interval < 1:
-            raise ConfigError(f"interval must be an integer >= 1, got {interval!r}")
+        cfg = resolve(config, settings)
         if base_scheduler is not None and (not callable(base_scheduler) or hasattr(base_scheduler, "step")):
             raise ConfigError("base_scheduler must be a factory optimizer -> scheduler (e.g. "
                               "lambda opt: CosineAnnealingLR(opt, T_max=100)), not a scheduler instance: the base "
                               "schedule has to be built on the optimizer after TempBalance split its groups")
+        if analysis is not None and not hasattr(analysis, "metric"):
+            raise ConfigError(f"analysis must be an htsr.Analysis, got {type(analysis).__name__}")
         for g in optimizer.param_groups:
             if "initial_lr" in g:
                 raise ConfigError("the optimizer is already driven by an LR scheduler (its groups have "
@@ -175,21 +119,15 @@ class TempBalance:
                 raise ConfigError("every optimizer parameter group needs an 'lr'")
         self.model = model
         self.optimizer = optimizer
-        self.mapping, self.metric, self.unit, self.interval = mapping, metric, unit, interval
-        self.s1, self.s2, self.s_min, self.s_max, self.temperature = s1, s2, s_min, s_max, temperature
-        self.exclude_first, self.exclude_last, self.exclude = exclude_first, exclude_last, tuple(exclude)
-        self.norms, self.block_pattern = norms, block_pattern
-        self._map = get_mapping(mapping, s1=s1, s2=s2, s_min=s_min, s_max=s_max, temperature=temperature)
-        opts = dict(analysis_options or {})
-        for bad in ("layers", "split_qkv", "randomize", "gof"):
-            if bad in opts:
-                raise ConfigError(f"analysis option {bad!r} is managed by TempBalance; remove it")
-        if "device" not in opts:
-            dev = next((p.device for p in model.parameters()), torch.device("cpu"))
-            opts["device"] = "cuda" if dev.type == "cuda" else "cpu"
-        opts.setdefault("workers", 1)
-        self._preset, self._options = preset, opts
-        self._config = make_config(preset, **opts)
+        self.config = cfg
+        self._map = get_mapping(cfg.mapping, s1=cfg.s1, s2=cfg.s2, s_min=cfg.s_min, s_max=cfg.s_max,
+                                temperature=cfg.temperature)
+        dev = {}
+        if "device" not in cfg.analysis_options:
+            p0 = next((p.device for p in model.parameters()), torch.device("cpu"))
+            dev["device"] = "cuda" if p0.type == "cuda" else "cpu"
+        self._device = dev
+        self._analysis_config = cfg.analysis_config(**dev)
 
         self.step_count = 0
         self.n_updates = 0
@@ -199,7 +137,13 @@ class TempBalance:
         self._warned_external = False
 
         t0 = time.perf_counter()
-        analysis = self._analyze(None)
+        if analysis is None:
+            analysis = self._analyze(None)
+        else:
+            given = (getattr(analysis, "metadata", None) or {}).get("preset")
+            if given is not None and given != cfg.preset:
+                log.warning("TempBalance: the analysis given was computed with preset %r; recomputations during "
+                            "training use preset %r", given, cfg.preset)
         t_analysis = time.perf_counter() - t0
         t1 = time.perf_counter()
         self._select(analysis)
@@ -210,7 +154,7 @@ class TempBalance:
         self._read_base()
         self.multipliers_ = {u: 1.0 for u in self.units_}
         self.values_ = {u: math.nan for u in self.units_}
-        if update_at_init:
+        if cfg.update_at_init:
             self._update(analysis, t_analysis)
         else:
             self.metric_time_s += t_analysis
@@ -220,38 +164,40 @@ class TempBalance:
     def _analyze(self, layers: Sequence[str] | None):
         from htsr.spectra.analysis import analyze
 
-        cfg = self._config
+        cfg = self._analysis_config
         if layers is not None:
-            cfg = make_config(self._preset, **self._options,
-                              layers=tuple("re:^" + re.escape(n) + "$" for n in layers))
+            cfg = self.config.analysis_config(**self._device,
+                                              layers=tuple("re:^" + re.escape(n) + "$" for n in layers))
         # BLAS threads as many as torch uses: on a busy box, spin-waiting BLAS threads beside a training loop
         # made one analysis 100x slower.
         with _blas_controller().limit(limits=max(1, torch.get_num_threads()), user_api="blas"):
             return analyze(self.model, config=cfg)
 
     def _select(self, analysis) -> None:
-        cfg = self._config
+        cfg = self.config
+        kinds = self._analysis_config.kinds
         modules = dict(self.model.named_modules())
         params = dict(self.model.named_parameters())
-        rows = [r for r in analysis.rows if r["kind"] in cfg.kinds and not r["reason"].startswith("embedding")]
+        rows = [r for r in analysis.rows if r["kind"] in kinds and not r["reason"].startswith("embedding")]
         in_opt = {id(p) for g in self.optimizer.param_groups for p in g["params"]}
         names = [r["module"] for r in rows]
+        exclude = Patterns(cfg.exclude)
         eligible: list[str] = []
         for i, r in enumerate(rows):
             name = r["module"]
             if r["name"] != name:
                 raise ConfigError(f"row {r['name']!r}: split matrices are not supported by TempBalance")
             why = ""
-            if self.exclude_first and i == 0:
+            if cfg.exclude_first and i == 0:
                 why = "first layer (exclude_first=True)"
-            elif self.exclude_last and i == len(rows) - 1:
+            elif cfg.exclude_last and i == len(rows) - 1:
                 why = "last layer (exclude_last=True)"
             elif r["status"] == "skipped":
                 why = f"too small to fit: {r['reason']}"
-            elif _glob(self.exclude, name):
+            elif exclude.match(name):
                 why = "matched exclude="
             elif r["param"] not in params or not params[r["param"]].requires_grad:
-                why = "frozen (requires_grad=False)"
+                why = "frozen (requires_grad=False)" if r["param"] in params else "not a parameter of the model"
             elif id(params[r["param"]]) not in in_opt:
                 why = "its weight is not in the optimizer"
             if why:
@@ -259,26 +205,26 @@ class TempBalance:
             else:
                 eligible.append(name)
         layer_unit: dict[str, str] = {}
-        if self.unit == "block":
-            pat = re.compile(self.block_pattern)
+        if cfg.unit == "block":
             for name in eligible:
-                m = pat.match(name)
-                if m is None:
-                    self.excluded_[name] = f"not inside a block (block_pattern {self.block_pattern!r})"
+                blk = block_of(name, cfg.block_pattern)
+                if blk is None:
+                    self.excluded_[name] = f"not inside a block (block_pattern {cfg.block_pattern!r})"
                 else:
-                    layer_unit[name] = m.group(1)
+                    layer_unit[name] = blk
         else:
             layer_unit = {n: n for n in eligible}
         if not layer_unit:
             detail = "; ".join(f"{k}: {v}" for k, v in self.excluded_.items()) or "no Linear/Conv layer found"
             raise TempBalanceError(f"no layer of the model is eligible for TempBalance ({detail}). Expected "
-                                   f"trainable layers of kind {', '.join(cfg.kinds)} with >= {cfg.min_evals} "
-                                   "eigenvalues; lower analysis_options['min_evals'] or set exclude_first/last")
+                                   f"trainable layers of kind {', '.join(kinds)} with >= "
+                                   f"{self._analysis_config.min_evals} eigenvalues; lower "
+                                   "analysis_options['min_evals'] or set exclude_first/last")
         self.units_ = list(dict.fromkeys(layer_unit.values()))
         self.layers_ = {u: [n for n, uu in layer_unit.items() if uu == u] for u in self.units_}
         # parameter -> unit, by name
         owner: dict[int, str] = {}
-        if self.unit == "block":
+        if cfg.unit == "block":
             for u in self.units_:
                 for pname, p in params.items():
                     if pname.startswith(u + "."):
@@ -293,30 +239,31 @@ class TempBalance:
                         owner.setdefault(id(p), layer)
                     log.debug("norm %s follows %s", norm, layer)
         self._owner = owner
-        log.info("TempBalance: %d unit(s) tuned (%s), %d layer(s) not tuned", len(self.units_), self.unit,
+        log.info("TempBalance: %d unit(s) tuned (%s), %d layer(s) not tuned", len(self.units_), cfg.unit,
                  len(self.excluded_))
         for k, v in self.excluded_.items():
             log.info("TempBalance: %s keeps the base rate: %s", k, v)
 
     def _norm_pairs(self, modules: dict[str, nn.Module], layer_names: list[str]) -> dict[str, str]:
-        if self.norms == "none":
+        """norm module -> the analysed layer whose rate it takes (``norms`` rule of the config)."""
+        rule = self.config.norms
+        if rule == "none":
             return {}
         layers = set(layer_names)
         out: dict[str, str] = {}
-        if self.norms == "name":
+        if rule == "name":  # the reference: a BatchNorm "...bnK" follows "...convK" (name.replace("bn", "conv"))
             for name, mod in modules.items():
-                if _is_norm(mod):
-                    head, _, last = name.rpartition(".")
-                    cand = (head + "." if head else "") + last.replace("bn", "conv")
+                if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                    cand = name.replace("bn", "conv")
                     if cand != name and cand in layers:
                         out[name] = cand
             return out
         last_in_parent: dict[str, str] = {}
         for name, mod in modules.items():
             if name in layers:
-                last_in_parent[_parent(name)] = name
-            elif _is_norm(mod) and _parent(name) in last_in_parent:
-                out[name] = last_in_parent[_parent(name)]
+                last_in_parent[parent(name)] = name
+            elif is_norm(mod) and parent(name) in last_in_parent:
+                out[name] = last_in_parent[parent(name)]
         return out
 
     def _regroup(self) -> None:
@@ -380,7 +327,7 @@ class TempBalance:
                 g["lr"] = float(base_lr)
         self._read_base()
         self.step_count += 1
-        if self.step_count % self.interval == 0:
+        if self.step_count % self.config.interval == 0:
             t0 = time.perf_counter()
             analysis = self._analyze([n for u in self.units_ for n in self.layers_[u]])
             self._update(analysis, time.perf_counter() - t0)
@@ -393,30 +340,17 @@ class TempBalance:
         self._update(analysis, time.perf_counter() - t0)
         self._apply()
 
-    def _layer_value(self, row: dict | None) -> tuple[float, str]:
-        if row is None:
-            return math.nan, "layer missing from the analysis"
-        if row["status"] != "success":
-            return math.nan, f"{row['status']}: {row['reason']}"
-        v = row.get(self.metric)
-        v = math.nan if v is None else float(v)
-        return v, ("" if math.isfinite(v) else f"non-finite {self.metric}")
-
     def _update(self, analysis, analysis_time: float) -> None:
         t0 = time.perf_counter()
-        by_name = {r["module"]: r for r in analysis.rows}
+        layers = [n for u in self.units_ for n in self.layers_[u]]
+        # NaN policy "nan": a layer whose fit failed or is missing stays NaN, and a unit with no finite layer keeps
+        # the base rate (below); only successful fits count (a failed fit keeps its norms but not its metric)
+        vec = analysis.metric(self.config.metric, layers, policy="nan", statuses=("success",))
+        layer_vals = dict(zip(vec.names, vec.values.tolist(), strict=True))
         values: dict[str, float] = {}
-        reasons: dict[str, str] = {}
-        layer_vals: dict[str, float] = {}
+        reasons = vec.reasons
         for u in self.units_:
-            vals = []
-            for n in self.layers_[u]:
-                v, why = self._layer_value(by_name.get(n))
-                layer_vals[n] = v
-                if math.isfinite(v):
-                    vals.append(v)
-                else:
-                    reasons[n] = why
+            vals = [layer_vals[n] for n in self.layers_[u] if math.isfinite(layer_vals[n])]
             values[u] = float(np.mean(vals)) if vals else math.nan
         ok = [u for u in self.units_ if math.isfinite(values[u])]
         mult = {u: 1.0 for u in self.units_}
@@ -427,7 +361,7 @@ class TempBalance:
             if not math.isfinite(values[u]):
                 why = "; ".join(f"{n}: {reasons.get(n, '?')}" for n in self.layers_[u])
                 log.warning("TempBalance update %d: %s has no finite %s (%s); it keeps the base learning rate",
-                            self.n_updates, u, self.metric, why)
+                            self.n_updates, u, self.config.metric, why)
         self.values_, self.multipliers_ = values, mult
         elapsed = analysis_time + time.perf_counter() - t0
         self.metric_time_s += elapsed
@@ -437,15 +371,15 @@ class TempBalance:
                 lrs.setdefault(g["tb_unit"], g["tb_base_lr"] * mult[g["tb_unit"]])
         for u in self.units_:
             self.records.append({"update": self.n_updates, "step": self.step_count, "unit": u,
-                                 "metric": self.metric, "value": values[u], "multiplier": mult[u],
+                                 "metric": self.config.metric, "value": values[u], "multiplier": mult[u],
                                  "lr": lrs.get(u, math.nan), "fallback": not math.isfinite(values[u]),
                                  "time_s": elapsed})
         for u in self.units_:
-            log.debug("TempBalance update %d: %s %s=%.4g multiplier=%.4g lr=%.4g", self.n_updates, u, self.metric,
-                      values[u], mult[u], lrs.get(u, math.nan))
+            log.debug("TempBalance update %d: %s %s=%.4g multiplier=%.4g lr=%.4g", self.n_updates, u,
+                      self.config.metric, values[u], mult[u], lrs.get(u, math.nan))
         fin = [values[u] for u in ok]
         log.info("TempBalance update %d (step %d): %d/%d units with finite %s%s, multipliers %.3g..%.3g, %.3f s",
-                 self.n_updates, self.step_count, len(ok), len(self.units_), self.metric,
+                 self.n_updates, self.step_count, len(ok), len(self.units_), self.config.metric,
                  f" in [{min(fin):.3g}, {max(fin):.3g}]" if fin else "", min(mult.values()), max(mult.values()),
                  elapsed)
         self.n_updates += 1

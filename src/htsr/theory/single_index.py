@@ -26,7 +26,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from htsr.config import Config, check_choice, check_positive_int, check_range
 from htsr.errors import ConfigError
 from htsr.spectra.eigen import NonFiniteError, eigenvalues
 from htsr.spectra.powerlaw import fit_power_law
@@ -49,9 +50,11 @@ SPIKE_FACTOR = 1.5
 
 
 @dataclass(frozen=True)
-class SingleIndexConfig:
+class SingleIndexConfig(Config):
     """Every parameter of one run; defaults are the paper's (``configs/main.yml``: Adam, lr 1, 10 steps).
 
+    A :class:`~htsr.config.Config`: typed fields (``--set n=abc`` is an error), ``replace`` / ``to_dict``,
+    unknown keys rejected with the valid ones listed.
     ``measure_every``: measure after every k-th step (the last step is always measured; step 0 is the init).
     ``feature_scaling``: ``"intended"`` (tanh(XW^T/sqrt d), the network's features) or ``"reference"`` (the public
     code's double scaling, tanh(XW^T/d), for comparison only). ``lr_gamma``: StepLR(step_size=1, gamma) per step
@@ -79,51 +82,31 @@ class SingleIndexConfig:
     seed: int = 0
     dtype: str = "float32"
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         for name in ("n", "n_test", "d", "h", "steps", "measure_every"):
-            v = getattr(self, name)
-            if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+            check_positive_int(name, getattr(self, name))
         if self.n < 2 or self.n_test < 2:
             raise ConfigError(f"n and n_test must be >= 2 (got n={self.n}, n_test={self.n_test})")
         if min(self.d, self.h) < 4:
             raise ConfigError(f"d and h must be >= 4 for a spectrum to fit (got d={self.d}, h={self.h})")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"lr must be a finite number > 0, got {self.lr!r}")
-        if not (math.isfinite(self.label_noise_std) and self.label_noise_std >= 0):
-            raise ConfigError(f"label_noise_std must be >= 0, got {self.label_noise_std!r}")
-        if not (math.isfinite(self.ridge_lambda) and self.ridge_lambda > 0):
-            raise ConfigError(f"ridge_lambda must be > 0, got {self.ridge_lambda!r}")
-        if self.momentum < 0 or self.weight_decay < 0:
-            raise ConfigError(f"momentum and weight_decay must be >= 0 (got {self.momentum}, {self.weight_decay})")
-        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
-            raise ConfigError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
-        if not self.adam_eps > 0:
-            raise ConfigError(f"adam_eps must be > 0, got {self.adam_eps!r}")
-        if self.lr_gamma is not None and not (0 < self.lr_gamma <= 1):
-            raise ConfigError(f"lr_gamma must be in (0, 1] or None, got {self.lr_gamma!r}")
-        if self.feature_scaling not in FEATURE_SCALINGS:
-            raise ConfigError(f"feature_scaling must be one of {', '.join(FEATURE_SCALINGS)}, "
-                              f"got {self.feature_scaling!r}")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        object.__setattr__(self, "adam_betas", tuple(float(b) for b in self.adam_betas))
-
-    def replace(self, **changes: Any) -> SingleIndexConfig:
-        """A copy with some fields changed (validated); unknown names are a :class:`ConfigError`."""
-        names = {f.name for f in fields(self)}
-        bad = sorted(set(changes) - names)
-        if bad:
-            raise ConfigError(f"unknown SingleIndexConfig field(s) {', '.join(bad)}; expected some of "
-                              f"{', '.join(sorted(names))}")
-        return SingleIndexConfig(**{**asdict(self), **changes})
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_range("lr", self.lr, 0.0, lo_open=True)
+        check_range("label_noise_std", self.label_noise_std, 0.0)
+        check_range("ridge_lambda", self.ridge_lambda, 0.0, lo_open=True)
+        check_range("momentum", self.momentum, 0.0)
+        check_range("weight_decay", self.weight_decay, 0.0)
+        for b in self.adam_betas:
+            check_range("adam_betas", b, 0.0, 1.0, hi_open=True)
+        check_range("adam_eps", self.adam_eps, 0.0, lo_open=True)
+        if self.lr_gamma is not None:
+            check_range("lr_gamma", self.lr_gamma, 0.0, 1.0, lo_open=True)
+        check_choice("feature_scaling", self.feature_scaling, FEATURE_SCALINGS)
+        check_choice("dtype", self.dtype, DTYPES)
+        check_positive_int("seed", self.seed, minimum=0)
 
     def as_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["adam_betas"] = list(self.adam_betas)
-        return d
+        """The fields as a JSON-able dict (:meth:`to_dict`)."""
+        return self.to_dict()
 
 
 # ----------------------------------------------------------------------------- data and model

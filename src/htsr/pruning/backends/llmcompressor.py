@@ -1,9 +1,9 @@
 """AlphaPruning's allocation applied by llmcompressor: htsr computes the per-layer sparsities, llmcompressor prunes.
 
-:func:`prune_with_llmcompressor` takes the arguments of :func:`htsr.pruning.models.prune_model` and returns
-the same :class:`~htsr.pruning.models.PruneReport`. htsr finds the blocks and layers
-(:func:`~htsr.pruning.models.find_layout`), computes the metrics and the allocation
-(:func:`~htsr.pruning.models.allocate`: alpha, uniform or OWL), then runs ``llmcompressor.oneshot`` with
+:func:`prune_with_llmcompressor` takes the arguments of :func:`htsr.pruning.prune.prune_model` (settings in one
+:class:`~htsr.pruning.config.PruneConfig`) and returns the same :class:`~htsr.pruning.prune.PruneReport`. htsr finds
+the blocks and layers (:func:`htsr.nn.find_layout`), computes the metrics and the allocation
+(:func:`~htsr.pruning.prune.allocate`: alpha, uniform or OWL), then runs ``llmcompressor.oneshot`` with
 a ``WandaPruningModifier`` or ``SparseGPTModifier`` whose ``targets`` are the layers' full module paths and
 whose ``sparsity`` is the matching per-layer list, on llmcompressor's ``sequential`` pipeline (one
 subgraph per transformer block, the pruned block's outputs feeding the next, as htsr's own pruner does).
@@ -34,22 +34,20 @@ import torch
 from torch import nn
 
 from htsr.devices import model_device
-from htsr.pruning import allocation as A
+from htsr.nn import eval_mode, find_layout, weight_2d
 from htsr.pruning.backends import require
+from htsr.pruning.config import PruneConfig, resolve
 from htsr.pruning.errors import PruningError
-from htsr.pruning.models import (
+from htsr.pruning.prune import (
     PruneReport,
     _check_calibration,
     _dense_pass,
     allocate,
     check_settings,
-    find_layout,
     layer_rows,
     owl_layer_stats,
     report_settings,
-    weight_2d,
 )
-from htsr.pruning.pruners import NM
 
 #: htsr pruner name -> llmcompressor modifier class (in ``llmcompressor.modifiers.pruning``)
 MODIFIERS = {"wanda": "WandaPruningModifier", "sparsegpt": "SparseGPTModifier"}
@@ -110,23 +108,19 @@ def check_supported(model: nn.Module, pruner: str, force: bool = False) -> tuple
     return layout, classes.pop()
 
 
-def _targets(model: nn.Module, layout: Any, sparsity: float | None, allocation: str, epsilon: float,
-             calibration_ids: Any, nm: NM | None, alloc_kw: dict) -> tuple:
-    """Validate like ``prune_model`` and allocate: (sparsity, nm, targets, metric used, imputed, ids)."""
-    sparsity, nm = check_settings(layout, sparsity, allocation, alloc_kw["mapping"], nm)
+def _targets(model: nn.Module, layout: Any, config: PruneConfig, calibration_ids: Any, metrics: Any = None,
+             analysis: Any = None) -> tuple:
+    """Validate like ``prune_model`` and allocate: (resolved config, targets, metric used, imputed, ids)."""
+    cfg = check_settings(layout, config)
     ids = _check_calibration(model, calibration_ids)
-    if allocation == "owl":
+    if cfg.allocation == "owl":
         stats = owl_layer_stats(layout)
-        was_training = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             _dense_pass(model, layout, ids, stats)
-        finally:
-            model.train(was_training)
-        targets, used, imputed = allocate(model, layout, sparsity, allocation, epsilon, owl_stats=stats, **alloc_kw)
+        targets, used, imputed = allocate(model, layout, cfg, owl_stats=stats)
     else:
-        targets, used, imputed = allocate(model, layout, sparsity, allocation, epsilon, **alloc_kw)
-    return sparsity, nm, targets, used, imputed, ids
+        targets, used, imputed = allocate(model, layout, cfg, metrics=metrics, analysis=analysis)
+    return cfg, targets, used, imputed, ids
 
 
 @contextlib.contextmanager
@@ -169,28 +163,23 @@ def _zero_counts(layout: Any) -> list[int]:
 
 def prune_with_llmcompressor(
     model: nn.Module,
-    sparsity: float | None,
-    pruner: str = "wanda",
-    allocation: str = "alpha",
-    epsilon: float = 0.3,
+    sparsity: float | None = None,
+    pruner: str | None = None,
+    allocation: str | None = None,
+    epsilon: float | None = None,
     calibration_ids: torch.Tensor | None = None,
     *,
-    nm: NM | None = None,
-    metric: str = "alpha_peak",
+    config: PruneConfig | dict[str, Any] | None = None,
+    analysis: Any = None,
     metrics: Any = None,
-    mapping: str = "block",
-    max_ratio: float | None = None,
-    owl_lambda: float = A.OWL_LAMBDA,
-    owl_m: float = A.OWL_M,
-    blocksize: int = 128,
-    percdamp: float = 0.01,
     processor: Any = None,
     verbose: bool = False,
     force: bool = False,
+    **settings: Any,
 ) -> PruneReport:
     """Prune ``model`` in place with llmcompressor's modifier and htsr's per-layer allocation.
 
-    Arguments as :func:`htsr.pruning.models.prune_model` (pruner: wanda | sparsegpt); ``processor`` is
+    Arguments as :func:`htsr.pruning.prune.prune_model` (pruner: wanda | sparsegpt); ``processor`` is
     handed to ``oneshot`` (the model's tokenizer, optional); ``verbose`` keeps llmcompressor's log lines;
     ``force`` runs a model class listed in :data:`MISCALIBRATED` anyway.
     Raises :class:`~htsr.pruning.backends.MissingExtraError` when llmcompressor is not installed, and a
@@ -200,29 +189,26 @@ def prune_with_llmcompressor(
     bookkeeping; forward passes and saving work as usual.
     """
     t0 = time.perf_counter()
+    cfg = resolve(config, sparsity=sparsity, pruner=pruner, allocation=allocation, epsilon=epsilon, **settings)
     llmc = require("llmcompressor")
-    layout, block_class = check_supported(model, pruner, force)
-    alloc_kw = dict(metric=metric, metrics=metrics, mapping=mapping, max_ratio=max_ratio, owl_lambda=owl_lambda,
-                    owl_m=owl_m)
-    sparsity, nm, targets, used, imputed, ids = _targets(model, layout, sparsity, allocation, epsilon,
-                                                         calibration_ids, nm, alloc_kw)
+    layout, block_class = check_supported(model, cfg.pruner, force)
+    cfg, targets, used, imputed, ids = _targets(model, layout, cfg, calibration_ids, metrics, analysis)
+    nm = cfg.nm
     import llmcompressor.modifiers.pruning as P
     from torch.utils.data import DataLoader
 
     kw: dict[str, Any] = {"sparsity": [float(s) for s in targets], "targets": list(layout.names),
                           "mask_structure": "0:0" if nm is None else f"{nm[1] - nm[0]}:{nm[1]}"}
-    if pruner == "sparsegpt":
-        kw.update(block_size=int(blocksize), dampening_frac=float(percdamp))
-    modifier = getattr(P, MODIFIERS[pruner])(**kw)
+    if cfg.pruner == "sparsegpt":
+        kw.update(block_size=int(cfg.blocksize), dampening_frac=float(cfg.percdamp))
+    modifier = getattr(P, MODIFIERS[cfg.pruner])(**kw)
     dev = model_device(model)
     data = DataLoader([{"input_ids": x, "attention_mask": torch.ones_like(x)} for x in ids.to(dev)], batch_size=1,
                       shuffle=False)
     proc = processor if processor is not None else _TokenizedCalibration()
     before = _zero_counts(layout)
-    was_training = model.training
-    model.eval()
     try:
-        with _quiet(verbose), _config_on_disk(model):
+        with eval_mode(model), _quiet(verbose), _config_on_disk(model):
             llmc.oneshot(model=model, dataset=data, recipe=modifier, processor=proc, pipeline="sequential",
                          sequential_targets=[block_class], output_dir=None, log_dir=None)
     except Exception as e:
@@ -230,17 +216,14 @@ def prune_with_llmcompressor(
         state = ("the model is partly pruned: reload it" if changed else "no weights were changed")
         raise PruningError(f"llmcompressor could not prune {type(model).__name__} ({type(e).__name__}: {e}); "
                            f"{state}") from e
-    finally:
-        model.train(was_training)
     rows, pruned, total = layer_rows(layout, targets, used)
     if pruned == sum(before) and any(int(r["shape"][1] * r["target_sparsity"]) > 0 for r in rows):
         raise PruningError("llmcompressor ran but pruned no weight (its modifier matched none of the layers)")
-    settings = {"backend": "llmcompressor", "llmcompressor_version": getattr(llmc, "__version__", None),
-                "modifier": MODIFIERS[pruner],
-                **report_settings(model, layout, ids, pruner=pruner, allocation=allocation, epsilon=epsilon, nm=nm,
-                                  metric=metric, metrics=metrics, mapping=mapping, max_ratio=max_ratio,
-                                  owl_lambda=owl_lambda, owl_m=owl_m, blocksize=blocksize, percdamp=percdamp)}
-    return PruneReport(rows, sparsity, pruned / total, settings, imputed, time.perf_counter() - t0)
+    settings_out = {"backend": "llmcompressor", "llmcompressor_version": getattr(llmc, "__version__", None),
+                    "modifier": MODIFIERS[cfg.pruner],
+                    **report_settings(model, layout, ids, cfg, metrics_given=metrics is not None,
+                                      analysis_given=analysis is not None)}
+    return PruneReport(rows, cfg.target, pruned / total, settings_out, imputed, time.perf_counter() - t0)
 
 
 def modifier_recipe(report: PruneReport) -> dict:

@@ -1,10 +1,13 @@
-"""Prune Hugging Face transformer models block by block, and save the result.
+"""Prune a model block by block (AlphaPruning, OWL or uniform layer sparsities; magnitude, Wanda or SparseGPT), load
+and save Hugging Face model directories.
 
-One adapter finds the stack of transformer blocks (LLaMA/Mistral ``model.layers``, GPT-2
-``transformer.h``, GPT-NeoX/Pythia ``gpt_neox.layers``, OPT ``model.decoder.layers``, BERT-style
-``encoder.layer``) and the Linear / HF Conv1D layers inside each block (embeddings and the LM head
-are never pruned, as in the references). Calibration is sequential as in Wanda/SparseGPT/AlphaPruning:
-the inputs of block k+1 are the outputs of the already-pruned block k.
+The transformer blocks and their Linear / HF Conv1D layers come from :func:`htsr.nn.find_layout` (LLaMA/Mistral
+``model.layers``, GPT-2 ``transformer.h``, GPT-NeoX/Pythia ``gpt_neox.layers``, OPT ``model.decoder.layers``,
+BERT-style ``encoder.layer``; embeddings and the LM head are never pruned, as in the references). Settings are one
+:class:`~htsr.pruning.config.PruneConfig`; per-layer metrics come from an :class:`htsr.Analysis` (given, or computed
+with :func:`htsr.analyze`) through :meth:`~htsr.Analysis.metric` with the ``mean`` NaN policy (a layer whose fit
+failed gets the mean of the others and is listed in the report). Calibration is sequential as in
+Wanda/SparseGPT/AlphaPruning: the inputs of block k+1 are the outputs of the already-pruned block k.
 """
 
 from __future__ import annotations
@@ -12,8 +15,6 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import math
-import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -26,81 +27,27 @@ import torch
 from torch import nn
 
 from htsr.devices import model_device
+from htsr.nn import Layout, eval_mode, find_layout, weight_2d
 from htsr.progress import progress_bar
 from htsr.pruning import allocation as A
+from htsr.pruning.config import PruneConfig, resolve
 from htsr.pruning.errors import PruningError
-from htsr.pruning.pruners import NM, PRUNERS, LayerStats, check_nm, magnitude_prune, sparsegpt_prune, wanda_prune
+from htsr.pruning.pruners import NM, LayerStats, magnitude_prune, sparsegpt_prune, wanda_prune
 
 log = logging.getLogger(__name__)
 
 REPORT_SCHEMA = "htsr.pruning/1"
 REPORT_FILE = "htsr_pruning_report.json"
-ALLOCATIONS = ("alpha", "uniform", "owl")
-#: ModuleList attribute names that hold transformer blocks, searched outermost first.
-BLOCK_LIST_NAMES = ("layers", "layer", "h", "blocks")
-#: metric name -> (analysis preset, row column)
-METRICS = {"alpha_peak": ("alphapruning", "alpha"), "alpha_median": ("tempbalance", "alpha")}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt", "vocab.json",
                    "merges.txt", "tokenizer.model", "added_tokens.json", "generation_config.json")
 
 
-def _is_prunable(mod: nn.Module) -> bool:
-    if isinstance(mod, nn.Linear):
-        return True
-    # transformers.pytorch_utils.Conv1D (GPT-2): weight (in, out), y = x @ W + b
-    return type(mod).__name__ == "Conv1D" and hasattr(mod, "nf") and getattr(mod, "weight", None) is not None
-
-
-def weight_2d(mod: nn.Module) -> torch.Tensor:
-    """The (out, in) weight of a Linear or a view of an HF Conv1D's transposed weight (in-place edits stick)."""
-    w = mod.weight.data
-    return w if isinstance(mod, nn.Linear) else w.t()
-
-
-@dataclass
-class Layout:
-    """Where a model's blocks are and which layers each block has (full module paths, in module order)."""
-
-    blocks_path: str
-    blocks: list[nn.Module]
-    layers: list[dict[str, nn.Module]]
-
-    @property
-    def names(self) -> list[str]:
-        return [n for blk in self.layers for n in blk]
-
-    @property
-    def block_ids(self) -> np.ndarray:
-        return np.array([k for k, blk in enumerate(self.layers) for _ in blk], dtype=np.int64)
-
-    def modules(self) -> list[nn.Module]:
-        return [m for blk in self.layers for m in blk.values()]
-
-
-def find_layout(model: nn.Module) -> Layout:
-    """Locate the transformer blocks and their prunable layers, or raise a :class:`PruningError`."""
-    candidates = []
-    for name, mod in model.named_modules():
-        if isinstance(mod, nn.ModuleList) and name.split(".")[-1] in BLOCK_LIST_NAMES and len(mod) > 0:
-            if all(any(_is_prunable(m) for m in blk.modules()) for blk in mod):
-                candidates.append(name)
-    if not candidates:
-        raise PruningError(
-            f"cannot find the transformer blocks of {type(model).__name__}: expected a ModuleList named "
-            f"{'/'.join(BLOCK_LIST_NAMES)} whose blocks hold Linear layers (LLaMA/Mistral model.layers, GPT-2 "
-            "transformer.h, GPT-NeoX gpt_neox.layers, OPT model.decoder.layers, BERT encoder.layer)")
-    path = min(candidates, key=lambda n: n.count("."))  # outermost stack (not, e.g., an inner expert list)
-    blocks = list(model.get_submodule(path))
-    layers = []
-    for k, blk in enumerate(blocks):
-        layers.append({f"{path}.{k}.{n}": m for n, m in blk.named_modules() if n and _is_prunable(m)})
-    return Layout(path, blocks, layers)
-
-
-def _n_positions(model: nn.Module) -> int | None:
-    cfg = getattr(model, "config", None)
+def n_positions(model_or_config: Any) -> int | None:
+    """The number of positions a model (or its Hugging Face config, or that config as a dict) accepts, or None
+    when it does not say."""
+    cfg = getattr(model_or_config, "config", model_or_config)
     for key in ("max_position_embeddings", "n_positions"):
-        v = getattr(cfg, key, None)
+        v = cfg.get(key) if isinstance(cfg, dict) else getattr(cfg, key, None)
         if isinstance(v, int) and v > 0:
             return v
     return None
@@ -114,7 +61,7 @@ def _check_calibration(model: nn.Module, ids: Any) -> torch.Tensor:
         raise PruningError(f"calibration_ids must have shape (nsamples, seqlen), got {tuple(ids.shape)}")
     if ids.dtype not in (torch.int64, torch.int32):
         raise PruningError(f"calibration_ids must be integer token ids, got {ids.dtype}")
-    n_pos = _n_positions(model)
+    n_pos = n_positions(model)
     if n_pos is not None and ids.shape[1] > n_pos:
         raise PruningError(f"calibration seqlen {ids.shape[1]} exceeds the model's {n_pos} positions")
     vocab = getattr(getattr(model, "config", None), "vocab_size", None)
@@ -210,8 +157,14 @@ def _dense_pass(model: nn.Module, layout: Layout, ids: torch.Tensor,
     return calls
 
 
-def _layer_metrics(model: nn.Module, layout: Layout, metric: str, metrics: Any) -> tuple[np.ndarray, list[str]]:
-    """Per-layer metric values in layout order; failed fits are imputed with the mean (listed)."""
+def layer_metrics(model: nn.Module, layout: Layout, config: PruneConfig, metrics: Any = None,
+                  analysis: Any = None) -> tuple[np.ndarray, list[str]]:
+    """Per-layer metric values in layout order and the layers whose value was imputed.
+
+    ``metrics``: precomputed values (a dict by module path, or a sequence in layout order). Otherwise the values are
+    ``analysis.metric(column, layout.names, policy="mean")`` of the ``analysis`` given, or of
+    ``htsr.analyze(model, preset)`` for ``config.metric`` (a layer whose fit failed gets the mean of the others).
+    """
     names = layout.names
     if metrics is not None:
         if isinstance(metrics, dict):
@@ -223,28 +176,34 @@ def _layer_metrics(model: nn.Module, layout: Layout, metric: str, metrics: Any) 
             vals = np.asarray(metrics, dtype=np.float64).reshape(-1)
             if vals.size != len(names):
                 raise PruningError(f"metrics has {vals.size} values, the model has {len(names)} prunable layers")
-    else:
+        bad = ~np.isfinite(vals)
+        if bad.all():
+            raise PruningError(f"metric {config.metric!r}: none of the {len(names)} values given is finite")
+        imputed = [n for n, b in zip(names, bad, strict=True) if b]
+        if bad.any():
+            vals[bad] = float(np.mean(vals[~bad]))
+            log.warning("metric %s is not finite for %d layer(s); the mean of the others is used for them",
+                        config.metric, len(imputed))
+        return vals, imputed
+    preset, column = config.analysis_preset()
+    if analysis is None:
         from htsr.spectra.analysis import analyze
 
-        preset, column = METRICS.get(metric, ("alphapruning", metric))
-        res = analyze(model, preset, layers=names, kinds=("linear", "hf_conv1d"))
-        by_name = {r["name"]: r for r in res.rows}
-        if metric not in METRICS and not any(column in r for r in res.rows):
-            raise PruningError(f"unknown metric {metric!r}; expected alpha_peak, alpha_median or an analysis "
-                               "column such as alpha_hat, stable_rank, log_norm, entropy")
-        vals = np.full(len(names), math.nan)
-        for i, n in enumerate(names):
-            r = by_name.get(n)
-            if r is not None and r["status"] in ("success", "failed") and r.get(column) is not None:
-                vals[i] = float(r[column])  # NaN for a failed fit's alpha; rank metrics survive a failed fit
-    bad = ~np.isfinite(vals)
-    imputed = [n for n, b in zip(names, bad, strict=True) if b]
-    if bad.all():
-        raise PruningError(f"metric {metric!r} could not be computed for any layer")
-    if bad.any():
-        vals[bad] = float(np.mean(vals[~bad]))
-        log.warning("metric %s failed for %d layer(s); using the mean for them", metric, len(imputed))
-    return vals, imputed
+        analysis = analyze(model, preset, layers=names, kinds=("linear", "hf_conv1d"))
+    else:
+        given = (getattr(analysis, "metadata", None) or {}).get("preset")
+        if given is not None and given != preset:
+            log.warning("metric %s is defined with the %r preset; the analysis given was computed with %r",
+                        config.metric, preset, given)
+    from htsr.errors import ConfigError
+
+    try:
+        vec = analysis.metric(column, names, policy="mean")
+    except ConfigError as e:
+        hint = ("; expected alpha_peak, alpha_median or an analysis column such as alpha_hat, stable_rank, "
+                "log_norm, entropy") if "has no column" in str(e) else ""
+        raise PruningError(f"metric {config.metric!r}: {e}{hint}") from None
+    return vec.values.astype(np.float64), list(vec.imputed)
 
 
 @dataclass
@@ -269,55 +228,44 @@ class PruneReport:
         return write_json(path, self.to_dict())
 
 
-def allocate(model: nn.Module, layout: Layout, sparsity: float, allocation: str, epsilon: float, *,
-             metric: str = "alpha_peak", metrics: Any = None, mapping: str = "block", max_ratio: float | None = None,
-             owl_stats: dict[str, LayerStats] | None = None, owl_lambda: float = A.OWL_LAMBDA,
-             owl_m: float = A.OWL_M) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+def allocate(model: nn.Module, layout: Layout, config: PruneConfig, *, metrics: Any = None, analysis: Any = None,
+             owl_stats: dict[str, LayerStats] | None = None) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """Per-layer sparsities (layout order), the per-layer metric used (or None), and imputed layers."""
     mods = layout.modules()
     params = np.array([weight_2d(m).numel() for m in mods], dtype=np.float64)
+    allocation, target = config.resolved_allocation, config.target
     if allocation == "uniform":
-        return A.uniform_allocation(params, sparsity), None, []
+        return A.uniform_allocation(params, target), None, []
     if allocation == "alpha":
-        vals, imputed = _layer_metrics(model, layout, metric, metrics)
-        blocks = layout.block_ids if mapping == "block" else None
-        return A.alpha_allocation(vals, params, sparsity, epsilon, blocks=blocks, max_ratio=max_ratio), vals, imputed
+        vals, imputed = layer_metrics(model, layout, config, metrics, analysis)
+        blocks = layout.block_ids if config.mapping == "block" else None
+        return (A.alpha_allocation(vals, params, target, config.epsilon, blocks=blocks, max_ratio=config.max_ratio),
+                vals, imputed)
     if allocation == "owl":
-        assert owl_stats is not None
+        if owl_stats is None:
+            raise PruningError("the OWL allocation needs the calibration pass's layer statistics (owl_stats)")
         ratios = []
         for blk in layout.layers:
             scores = [(weight_2d(m).abs().float() * torch.sqrt(owl_stats[n].col_sq_norm).reshape(1, -1)).cpu().numpy()
                       for n, m in blk.items()]
-            ratios.append(A.outlier_ratio(scores, owl_m))
+            ratios.append(A.outlier_ratio(scores, config.owl_m))
         bparams = np.array([sum(weight_2d(m).numel() for m in blk.values()) for blk in layout.layers], float)
-        s_blocks = A.owl_allocation(ratios, bparams, sparsity, owl_lambda, max_ratio=max_ratio)
+        s_blocks = A.owl_allocation(ratios, bparams, target, config.owl_lambda, max_ratio=config.max_ratio)
         return A.expand(s_blocks, layout.block_ids), A.expand(ratios, layout.block_ids), []
-    raise PruningError(f"unknown allocation {allocation!r}; expected one of {', '.join(ALLOCATIONS)}")
+    raise PruningError(f"unknown allocation {allocation!r}")  # pragma: no cover (PruneConfig checks it)
 
 
-def check_settings(layout: Layout, sparsity: float | None, allocation: str, mapping: str,
-                   nm: NM | None) -> tuple[float, NM | None]:
-    """Validate the allocation settings against the layout (shared by every backend); returns (sparsity, nm).
-
-    An N:M pattern fixes every layer at 1 - N/M (uniform allocation only) and needs input dimensions
-    divisible by M.
-    """
-    if allocation not in ALLOCATIONS:
-        raise PruningError(f"unknown allocation {allocation!r}; expected one of {', '.join(ALLOCATIONS)}")
-    if mapping not in ("block", "matrix"):
-        raise PruningError(f"unknown mapping {mapping!r}; expected 'block' or 'matrix'")
-    nm = check_nm(nm)
-    if nm is not None:
-        if allocation != "uniform":
-            raise PruningError("an N:M pattern fixes every layer's sparsity at 1 - N/M: use allocation='uniform'")
-        if sparsity is not None and abs(float(sparsity) - (1.0 - nm[0] / nm[1])) > 1e-12:
-            raise PruningError(f"sparsity {sparsity} contradicts the {nm[0]}:{nm[1]} pattern (1 - N/M = "
-                               f"{1.0 - nm[0] / nm[1]}); leave sparsity out")
-        sparsity = 1.0 - nm[0] / nm[1]
+def check_settings(layout: Layout, config: PruneConfig) -> PruneConfig:
+    """Check the settings against the layout (shared by every backend): a target sparsity is given, and with an
+    N:M pattern every layer's input dimension is a multiple of M. Returns the config with ``sparsity`` and
+    ``allocation`` resolved."""
+    target = config.target
+    if config.nm is not None:
+        m = config.nm[1]
         for name, mod in zip(layout.names, layout.modules(), strict=True):
-            if weight_2d(mod).shape[1] % nm[1]:
-                raise PruningError(f"{name}: input dimension {weight_2d(mod).shape[1]} is not a multiple of {nm[1]}")
-    return A.check_sparsity(sparsity), nm
+            if weight_2d(mod).shape[1] % m:
+                raise PruningError(f"{name}: input dimension {weight_2d(mod).shape[1]} is not a multiple of {m}")
+    return config.replace(sparsity=target, allocation=config.resolved_allocation)
 
 
 def layer_rows(layout: Layout, targets: Sequence[float], used: Sequence[float] | None) -> tuple[list[dict], int, int]:
@@ -337,74 +285,61 @@ def layer_rows(layout: Layout, targets: Sequence[float], used: Sequence[float] |
 
 def prune_model(
     model: nn.Module,
-    sparsity: float | None,
-    pruner: str = "wanda",
-    allocation: str = "alpha",
-    epsilon: float = 0.3,
+    sparsity: float | None = None,
+    pruner: str | None = None,
+    allocation: str | None = None,
+    epsilon: float | None = None,
     calibration_ids: torch.Tensor | None = None,
     *,
-    nm: NM | None = None,
-    metric: str = "alpha_peak",
+    config: PruneConfig | dict[str, Any] | None = None,
+    analysis: Any = None,
     metrics: Any = None,
-    mapping: str = "block",
-    max_ratio: float | None = None,
-    owl_lambda: float = A.OWL_LAMBDA,
-    owl_m: float = A.OWL_M,
-    blocksize: int = 128,
-    percdamp: float = 0.01,
     progress: bool | None = None,
+    **settings: Any,
 ) -> PruneReport:
     """Prune ``model`` in place: allocate per-layer sparsities, then prune block by block.
 
     Args:
         sparsity: global target in [0, 1) (parameter-weighted over the blocks' layers); None with ``nm``.
-        pruner: magnitude | wanda | sparsegpt. allocation: alpha | uniform | owl.
+        pruner: magnitude | wanda | sparsegpt. allocation: alpha | uniform | owl | auto.
         epsilon: AlphaPruning's relative band (see :func:`~htsr.pruning.allocation.alpha_allocation`).
         calibration_ids: (nsamples, seqlen) token ids; needed by wanda, sparsegpt and owl.
-        nm: N:M pattern (n kept per m); every layer then gets sparsity 1 - n/m (uniform allocation only).
-        metric: alpha_peak (default), alpha_median, or an analysis column (alpha_hat, stable_rank, ...);
-            ``metrics`` passes precomputed per-layer values (dict by module path, or layout order).
-        mapping: "block" (block-mean metric, the reference default) or "matrix".
-        max_ratio: clip per-layer sparsities to [0, max_ratio] with the mean restored (None: error instead).
+        config: a :class:`~htsr.pruning.config.PruneConfig` (or a dict of its fields); the arguments above and
+            ``settings`` (any other field: ``nm``, ``metric``, ``mapping``, ``max_ratio``, ``owl_lambda``, ``owl_m``,
+            ``blocksize``, ``percdamp``) override it when not None. Defaults: :class:`PruneConfig`'s.
+        analysis: an :class:`htsr.Analysis` of ``model`` the caller already has; AlphaPruning reads its metric
+            from it (``Analysis.metric(column, layers, policy="mean")``) instead of analysing the model again.
+        metrics: precomputed per-layer values instead of an analysis (dict by module path, or layout order).
         progress: a tqdm bar over blocks (None: when stderr is a terminal).
     All inputs are validated, and the dense model checked for NaN/Inf activations, before any weight changes.
     """
     t0 = time.perf_counter()
-    if pruner not in PRUNERS:
-        raise PruningError(f"unknown pruner {pruner!r}; expected one of {', '.join(PRUNERS)}")
+    cfg = resolve(config, sparsity=sparsity, pruner=pruner, allocation=allocation, epsilon=epsilon, **settings)
     layout = find_layout(model)
-    sparsity, nm = check_settings(layout, sparsity, allocation, mapping, nm)
-    needs_data = pruner != "magnitude" or allocation == "owl"
-    was_training = model.training
-    model.eval()
-    try:
+    cfg = check_settings(layout, cfg)
+    needs_data = cfg.pruner != "magnitude" or cfg.allocation == "owl"
+    with eval_mode(model):
         calls = None
         owl_stats = None
-        alloc_kw = dict(metric=metric, metrics=metrics, mapping=mapping, max_ratio=max_ratio, owl_lambda=owl_lambda,
-                        owl_m=owl_m)
-        if allocation != "owl":  # cheap checks first: a bad epsilon fails before any forward pass
-            targets, used, imputed = allocate(model, layout, sparsity, allocation, epsilon, **alloc_kw)
+        if cfg.allocation != "owl":  # cheap checks first: a bad epsilon fails before any forward pass
+            targets, used, imputed = allocate(model, layout, cfg, metrics=metrics, analysis=analysis)
         if needs_data:
             ids = _check_calibration(model, calibration_ids)
-            if allocation == "owl":
+            if cfg.allocation == "owl":
                 owl_stats = owl_layer_stats(layout)
             calls = _dense_pass(model, layout, ids, owl_stats)
-        if allocation == "owl":
-            targets, used, imputed = allocate(model, layout, sparsity, allocation, epsilon, owl_stats=owl_stats,
-                                              **alloc_kw)
+        if cfg.allocation == "owl":
+            targets, used, imputed = allocate(model, layout, cfg, owl_stats=owl_stats)
         target_of = dict(zip(layout.names, targets, strict=True))
-        if pruner == "magnitude":
+        if cfg.pruner == "magnitude":
             for name, mod in zip(layout.names, layout.modules(), strict=True):
-                magnitude_prune(weight_2d(mod), target_of[name], nm)
+                magnitude_prune(weight_2d(mod), target_of[name], cfg.nm)
         else:
-            _sequential(layout, calls, pruner, target_of, nm, blocksize, percdamp, progress)
-    finally:
-        model.train(was_training)
+            _sequential(layout, calls, cfg.pruner, target_of, cfg.nm, cfg.blocksize, cfg.percdamp, progress)
     rows, pruned, total = layer_rows(layout, targets, used)
-    settings = report_settings(model, layout, calibration_ids, pruner=pruner, allocation=allocation, epsilon=epsilon,
-                               nm=nm, metric=metric, metrics=metrics, mapping=mapping, max_ratio=max_ratio,
-                               owl_lambda=owl_lambda, owl_m=owl_m, blocksize=blocksize, percdamp=percdamp)
-    return PruneReport(rows, sparsity, pruned / total, settings, imputed, time.perf_counter() - t0)
+    settings_out = report_settings(model, layout, calibration_ids, cfg, metrics_given=metrics is not None,
+                                   analysis_given=analysis is not None)
+    return PruneReport(rows, cfg.target, pruned / total, settings_out, imputed, time.perf_counter() - t0)
 
 
 def owl_layer_stats(layout: Layout) -> dict[str, LayerStats]:
@@ -413,15 +348,17 @@ def owl_layer_stats(layout: Layout) -> dict[str, LayerStats]:
             for n, m in zip(layout.names, layout.modules(), strict=True)}
 
 
-def report_settings(model: nn.Module, layout: Layout, calibration_ids: Any, *, pruner: str, allocation: str,
-                    epsilon: float, nm: NM | None, metric: str, metrics: Any, mapping: str, max_ratio: float | None,
-                    owl_lambda: float, owl_m: float, blocksize: int, percdamp: float) -> dict[str, Any]:
+def report_settings(model: nn.Module, layout: Layout, calibration_ids: Any, config: PruneConfig, *,
+                    metrics_given: bool = False, analysis_given: bool = False) -> dict[str, Any]:
     """The settings a :class:`PruneReport` records (every backend's report has these keys)."""
     ids = None if calibration_ids is None else torch.as_tensor(calibration_ids)
-    return {"pruner": pruner, "allocation": allocation, "epsilon": float(epsilon), "nm": list(nm) if nm else None,
-            "metric": metric if allocation == "alpha" else ("outlier_ratio" if allocation == "owl" else None),
-            "metrics_given": metrics is not None, "mapping": mapping, "max_ratio": max_ratio,
-            "owl_lambda": owl_lambda, "owl_m": owl_m, "blocksize": blocksize, "percdamp": percdamp,
+    alloc = config.resolved_allocation
+    return {"pruner": config.pruner, "allocation": alloc, "epsilon": float(config.epsilon),
+            "nm": list(config.nm) if config.nm else None,
+            "metric": config.metric if alloc == "alpha" else ("outlier_ratio" if alloc == "owl" else None),
+            "metrics_given": metrics_given, "analysis_given": analysis_given, "mapping": config.mapping,
+            "max_ratio": config.max_ratio, "owl_lambda": config.owl_lambda, "owl_m": config.owl_m,
+            "blocksize": config.blocksize, "percdamp": config.percdamp,
             "nsamples": None if ids is None else int(ids.shape[0]),
             "seqlen": None if ids is None else int(ids.shape[1]),
             "blocks_path": layout.blocks_path, "model_class": type(model).__name__}
@@ -458,6 +395,21 @@ def _sequential(layout: Layout, calls: _Calls, pruner: str, target_of: dict[str,
             inps = [_first(blk(h, *rest, **kw)).detach() for h, (rest, kw) in zip(inps, calls.extra[k], strict=True)]
 
 
+def read_model_config(model_dir: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a Hugging Face model directory as a dict (no weights read), or a one-line error."""
+    path = Path(model_dir)
+    f = path / "config.json"
+    if not f.is_file():
+        raise PruningError(f"{path} is not a Hugging Face model directory (no config.json)")
+    try:
+        cfg = json.loads(f.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise PruningError(f"{f} is not a JSON config ({type(e).__name__}: {e})") from None
+    if not isinstance(cfg, dict):
+        raise PruningError(f"{f} holds a JSON {type(cfg).__name__}; expected an object")
+    return cfg
+
+
 def load_model(model_dir: str | Path, dtype: torch.dtype | None = None) -> nn.Module:
     """Load an HF model directory: the causal-LM class when the config names one, else the base model."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
@@ -478,25 +430,18 @@ def save_pruned(model: nn.Module, out_dir: str | Path, report: PruneReport | Non
                 config_updates: dict[str, Any] | None = None) -> Path:
     """Save the pruned model (safetensors, HF layout) and the JSON report into ``out_dir``.
 
-    Written into a temporary sibling directory and renamed into place, so ``out_dir`` is either
-    complete or absent; tokenizer files are copied from ``source_dir``; never writes into it.
+    Written by :func:`htsr.io.replace_dir`: a hidden sibling is filled and renamed into place, so ``out_dir`` is
+    complete or absent; an existing non-empty ``out_dir`` is replaced only with ``overwrite`` and only when it is a
+    previous htsr output (never the current directory, never through a symbolic link); ``out_dir`` must not be,
+    lie inside or contain ``source_dir``. Tokenizer files are copied from ``source_dir``, which is never written.
     ``config_updates`` are set in the written ``config.json`` after ``save_pretrained`` (whichever the model
     carries: llmcompressor's wrapper rewrites that file from the source model's).
     """
-    out = Path(out_dir).resolve()
-    if source_dir is not None and Path(source_dir).resolve().is_relative_to(out):
-        raise PruningError("the output directory is (or contains) the input model directory; choose another --out")
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
-        raise PruningError(f"{out} exists and is not an empty directory (pass overwrite=True / --overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
+    from htsr.io import replace_dir, write_json
+
+    def fill(tmp: Path) -> None:
         model.save_pretrained(str(tmp))
         if config_updates:
-            from htsr.io import write_json
-
             cfg = tmp / "config.json"
             write_json(cfg, {**json.loads(cfg.read_text(encoding="utf-8")), **config_updates})
         if source_dir is not None:
@@ -506,13 +451,8 @@ def save_pruned(model: nn.Module, out_dir: str | Path, report: PruneReport | Non
                     shutil.copy2(src, tmp / f)
         if report is not None:
             report.save(tmp / REPORT_FILE)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    return replace_dir(out_dir, fill, overwrite=overwrite, inputs=[source_dir] if source_dir is not None else [])
 
 
 def sparsity_of(model: nn.Module, names: Sequence[str] | None = None) -> float:
