@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 import torch
 
+from htsr.nn import find_layout, weight_2d
 from htsr.pruning import PruningError
 from htsr.pruning.backends import MissingExtraError, require
-from htsr.pruning.models import REPORT_FILE, find_layout, prune_model, weight_2d
+from htsr.pruning.prune import REPORT_FILE, prune_model
 
 transformers = pytest.importorskip("transformers")
 

@@ -9,10 +9,11 @@ import math
 import pytest
 import torch
 
+from htsr.nn import weight_2d
 from htsr.pruning import PruningError
 from htsr.pruning import evaluation as E
 from htsr.pruning.cli import register
-from htsr.pruning.models import REPORT_FILE, sparsity_of, weight_2d
+from htsr.pruning.prune import REPORT_FILE, sparsity_of
 
 transformers = pytest.importorskip("transformers")
 

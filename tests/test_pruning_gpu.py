@@ -7,8 +7,9 @@ import copy
 import pytest
 import torch
 
+from htsr.nn import find_layout, weight_2d
 from htsr.pruning import evaluation as E
-from htsr.pruning.models import find_layout, prune_model, weight_2d
+from htsr.pruning.prune import prune_model
 
 transformers = pytest.importorskip("transformers")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]

@@ -27,9 +27,8 @@ def test_read_text_from_tables(tmp_path):
 
 
 def test_prune_progress_bar(capsys):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     from htsr.pruning.models import prune_model
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,

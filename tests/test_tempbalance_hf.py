@@ -108,3 +108,41 @@ def test_trainer_lr_matches_block_multiplier_mid_training(tmp_path, torch_one_th
         for u in sched.units_:
             assert lrs[u] == pytest.approx(base * sched.multipliers_[u])
     assert len({round(sched.multipliers_[u], 9) for u in sched.units_}) == 2
+
+
+@pytest.mark.parametrize("n, batch, accum, expected", [
+    (32, 8, 1, 1),        # 4 steps per epoch: max(1, 4 // 10) = 1, every step
+    (2000, 8, 1, 25),     # 250 steps per epoch: 25, ten recomputations per epoch
+    (2000, 8, 2, 12),     # 125 optimizer steps per epoch: 12
+    (80000, 8, 1, 100),   # 10,000 steps per epoch: the recipe's 100
+])
+def test_default_interval_is_capped_at_ten_per_epoch(tmp_path, torch_one_thread, n, batch, accum, expected):
+    """issue 20: the reference recomputes every min(esd_interval=100, max(1, steps_per_epoch // 10)) steps; without
+    the cap a small data set never updates the multipliers."""
+    from htsr.tempbalance.hf import tempbalance_optimizers
+
+    args = _args(tmp_path, per_device_train_batch_size=batch, gradient_accumulation_steps=accum)
+    per_epoch = math.ceil(math.ceil(n / batch) / accum)
+    assert expected == min(100, max(1, per_epoch // 10))
+    _, sched = tempbalance_optimizers(_tiny_bert(), args, train_size=n)
+    assert sched.config.interval == expected
+    # the same epoch length from num_training_steps and num_train_epochs (2)
+    _, sched = tempbalance_optimizers(_tiny_bert(), args, num_training_steps=2 * per_epoch)
+    assert sched.config.interval == expected
+    # an explicit interval is honoured
+    _, sched = tempbalance_optimizers(_tiny_bert(), args, train_size=n, interval=7)
+    assert sched.config.interval == 7
+
+
+def test_small_data_set_updates_the_multipliers_during_training(tmp_path, torch_one_thread):
+    """32 examples, batch 8: 4 steps per epoch. With the default (capped) interval the metric is recomputed at every
+    step, as the reference does; the uncapped 100 would never recompute in these 8 steps."""
+    from transformers import Trainer
+
+    from htsr.tempbalance.hf import tempbalance_optimizers
+
+    model, ds = _tiny_bert(2), _Verses(32)
+    args = _args(tmp_path)
+    opt, sched = tempbalance_optimizers(model, args, train_size=len(ds))
+    Trainer(model=model, args=args, train_dataset=ds, optimizers=(opt, sched)).train()
+    assert sched.n_updates == 1 + 8

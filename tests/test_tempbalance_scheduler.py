@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader, TensorDataset
 import htsr
 from htsr.errors import ConfigError
 from htsr.models.vision import make_vision_model
-from htsr.tempbalance.mapping import linear_map
 from htsr.tempbalance.scheduler import TempBalance, TempBalanceCallback, TempBalanceError
 from htsr.training import train
+from tests.esd_reference import esd, hill_alpha_median, tb_linear_map
 
 
 def _sgd(model, **kw):
@@ -54,15 +54,31 @@ def test_resnet_groups_matched_by_name_with_bn_following(torch_one_thread):
     assert sorted(ids) == sorted(id(p) for p in m.parameters())
 
 
-def test_multipliers_are_the_linear_map_of_engine_alphas(torch_one_thread):
+def _reference_units(model, min_evals=50, kinds=(nn.Conv2d, nn.Linear)):
+    """The reference's tuned layers: every Conv2d/Linear in module order, first and last dropped, then those with
+    fewer than ``min_evals`` pooled eigenvalues; with each one's PL_Alpha_Hill at the median (numpy)."""
+    mods = [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)][1:-1]
+    out = {}
+    for n, m in mods:
+        ev = esd(m)
+        if ev.size >= min_evals:
+            out[n] = hill_alpha_median(ev)
+    return out
+
+
+def test_multipliers_are_the_linear_map_of_reference_alphas(torch_one_thread):
+    """Alphas from the reference estimator (numpy SVD, median xmin), multipliers from np.interp as the reference's
+    tb_linear_map: nothing of htsr's fitter or maps is used for the expectation."""
     m = make_vision_model("resnet", seed=1)
     opt = _sgd(m)
     tb = TempBalance(m, opt, base_scheduler=_cosine())
-    a = htsr.analyze(m, preset="tempbalance", workers=1)
-    alphas = np.array([a[u]["alpha"] for u in tb.units_])
-    np.testing.assert_allclose([tb.values_[u] for u in tb.units_], alphas)
-    expect = linear_map(alphas, 0.5, 1.5)
-    np.testing.assert_allclose([tb.multipliers_[u] for u in tb.units_], expect)
+    ref = _reference_units(m)
+    assert tb.units_ == list(ref)
+    alphas = np.array(list(ref.values()))
+    np.testing.assert_allclose([tb.values_[u] for u in tb.units_], alphas, rtol=1e-9)
+    expect = tb_linear_map(alphas, 0.5, 1.5)
+    np.testing.assert_allclose([tb.multipliers_[u] for u in tb.units_], expect, rtol=1e-9)
+    assert expect.min() == 0.5 and expect.max() == 1.5
     for u, e in zip(tb.units_, expect, strict=True):
         assert tb.group_of(u)[0]["lr"] == pytest.approx(0.1 * e)
     # one cosine step: base 0.1 * (1 + cos(pi/10)) / 2, multipliers recomputed (weights unchanged -> same)
@@ -73,6 +89,70 @@ def test_multipliers_are_the_linear_map_of_engine_alphas(torch_one_thread):
     for u, e in zip(tb.units_, expect, strict=True):
         assert tb.group_of(u)[0]["lr"] == pytest.approx(base * e)
     assert tb.n_updates == 2 and len(tb.history) == 2 * len(tb.units_)
+
+
+def test_golden_resnet_against_the_reference_estimator(torch_one_thread):
+    """issue 20: a ResNet whose 1x1 shortcut convs are tuned (>= 50 eigenvalues). Expected alphas from
+    net_esd_estimator's formulas (conv_norm 0.5, pooled kernel positions, PL_Alpha_Hill at the median) in numpy;
+    BatchNorms follow their conv by the reference's name rule (bn -> conv), so each shortcut BN and the stem BN keep
+    the base rate while the shortcut conv is tuned."""
+    m = make_vision_model("resnet", width=64, seed=0)
+    opt = _sgd(m)
+    tb = TempBalance(m, opt)
+    ref = _reference_units(m)
+    assert "layers.1.0.shortcut.0" in ref and "layers.2.0.shortcut.0" in ref
+    assert tb.units_ == list(ref)
+    np.testing.assert_allclose([tb.values_[u] for u in tb.units_], list(ref.values()), rtol=1e-9)
+    np.testing.assert_allclose([tb.multipliers_[u] for u in tb.units_], tb_linear_map(np.array(list(ref.values()))),
+                               rtol=1e-9)
+    names = {id(p): n for n, p in m.named_parameters()}
+    lr_of = {names[id(p)]: g["lr"] for g in opt.param_groups for p in g["params"]}
+    for u in tb.units_:
+        assert lr_of[f"{u}.weight"] == pytest.approx(0.1 * tb.multipliers_[u])
+        if ".conv" in u:  # layers.K.0.convJ -> layers.K.0.bnJ
+            bn = u.replace("conv", "bn")
+            assert lr_of[f"{bn}.weight"] == lr_of[f"{bn}.bias"] == lr_of[f"{u}.weight"]
+    for bn in ("bn1", "layers.1.0.shortcut.1", "layers.2.0.shortcut.1"):
+        assert lr_of[f"{bn}.weight"] == 0.1 and lr_of[f"{bn}.bias"] == 0.1
+    assert lr_of["layers.1.0.shortcut.0.weight"] != 0.1
+    # the order rule (not the default) would give the shortcut BN its conv's rate
+    m2 = make_vision_model("resnet", width=64, seed=0)
+    opt2 = _sgd(m2)
+    TempBalance(m2, opt2, norms="order")
+    names2 = {id(p): n for n, p in m2.named_parameters()}
+    lr2 = {names2[id(p)]: g["lr"] for g in opt2.param_groups for p in g["params"]}
+    assert lr2["layers.1.0.shortcut.1.weight"] == lr2["layers.1.0.shortcut.0.weight"] != 0.1
+
+
+def test_config_object_kwargs_and_analysis_given_agree(torch_one_thread, monkeypatch):
+    """One convention: settings as keywords, as a TempBalanceConfig, or as a dict give the same scheduler; an
+    Analysis the caller has is used instead of analysing again (the engine is not called at construction)."""
+    from htsr.tempbalance.config import TempBalanceConfig
+
+    def build(**kw):
+        m = make_vision_model("resnet", seed=1)
+        tb = TempBalance(m, _sgd(m), **kw)
+        return tb.units_, tb.values_, tb.multipliers_
+
+    ref = build(mapping="rank", s1=0.6, s2=1.4)
+    assert build(config=TempBalanceConfig(mapping="rank", s1=0.6, s2=1.4)) == ref
+    assert build(config={"mapping": "rank", "s1": 0.6}, s2=1.4) == ref
+    m = make_vision_model("resnet", seed=1)
+    a = htsr.analyze(m, preset="tempbalance", workers=1)
+    import htsr.spectra.analysis as SA
+
+    def boom(*args, **kw):
+        raise AssertionError("analyze() called although an analysis was given")
+
+    monkeypatch.setattr(SA, "analyze", boom)
+    tb = TempBalance(m, _sgd(m), analysis=a, mapping="rank", s1=0.6, s2=1.4, interval=10**6)
+    assert (tb.units_, tb.values_, tb.multipliers_) == ref
+    with pytest.raises(ConfigError, match="unknown option.*'mapp'.*valid: .*mapping"):
+        TempBalance(m, _sgd(m), mapp="rank")
+    with pytest.raises(ConfigError, match="interval must be an integer"):
+        TempBalanceConfig(interval="abc")
+    with pytest.raises(ConfigError, match="analysis must be an htsr.Analysis"):
+        TempBalance(m, _sgd(m), analysis={"rows": []})
 
 
 def test_position_independent_matching_and_existing_groups(torch_one_thread):
@@ -173,8 +253,8 @@ def test_bad_configuration_errors(torch_one_thread):
 
 
 def test_layernorm_order_pairing_stays_inside_parent(torch_one_thread):
-    """Pre-LN blocks: blocks.1.ln precedes blocks.1.fc in forward order but comes after blocks.0.fc in module
-    order; the reference's 'preceding Linear' rule would tie it to block 0. Here it stays at the base rate."""
+    """norms="order", pre-LN blocks: blocks.1.ln precedes blocks.1.fc in forward order but comes after blocks.0.fc in
+    module order; the reference's 'preceding Linear' rule would tie it to block 0. Here it stays at the base rate."""
 
     class Block(nn.Module):
         def __init__(self):
@@ -187,7 +267,7 @@ def test_layernorm_order_pairing_stays_inside_parent(torch_one_thread):
     m.inp = nn.Linear(4, 64)
     m.blocks = nn.ModuleList([Block(), Block()])
     m.out = nn.Linear(64, 2)
-    tb = TempBalance(m, _sgd(m))
+    tb = TempBalance(m, _sgd(m), norms="order")
     assert tb.units_ == ["blocks.0.fc", "blocks.1.fc"]
     g1 = tb.group_of("blocks.1.fc")[0]
     assert _owner_modules(m, g1) == {"blocks.1.fc", "blocks.1.post_ln"}
@@ -208,10 +288,10 @@ def test_block_unit_on_pretrained_minilm(minilm_dir, torch_one_thread):
                      analysis_options={"xmin_pos": 1.5})
     assert tb.units_ == [f"encoder.layer.{i}" for i in range(6)]
     assert tb.excluded_["pooler.dense"].startswith("not inside a block")
-    a = htsr.analyze(m, preset="tempbalance", xmin_pos=1.5)
     for u in tb.units_:
         assert len(tb.layers_[u]) == 6
-        assert tb.values_[u] == pytest.approx(np.mean([a[n]["alpha"] for n in tb.layers_[u]]))
+        ref = [hill_alpha_median(esd(m.get_submodule(n)), xmin_pos=1.5) for n in tb.layers_[u]]
+        assert tb.values_[u] == pytest.approx(np.mean(ref), rel=1e-9)
         mods = {n for n, p in m.named_parameters() if any(p is q for g in tb.group_of(u) for q in g["params"])}
         assert f"{u}.attention.output.LayerNorm.weight" in mods and len(mods) == 16
     mult = np.array([tb.multipliers_[u] for u in tb.units_])
@@ -280,11 +360,11 @@ def test_other_metrics_come_from_the_engine(metric, torch_one_thread):
 def test_gpt2_conv1d_layers_are_tuned_by_the_hf_defaults(torch_one_thread):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from htsr.tempbalance.hf import EMNLP24_DEFAULTS
+    from htsr.tempbalance.config import EMNLP24
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         m = GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=2, n_head=2, vocab_size=100, n_positions=32))
-    tb = TempBalance(m, torch.optim.AdamW(m.parameters(), lr=1e-4), **EMNLP24_DEFAULTS)
+    tb = TempBalance(m, torch.optim.AdamW(m.parameters(), lr=1e-4), config=EMNLP24)
     assert tb.units_ == ["transformer.h.0", "transformer.h.1"]
     assert "transformer.h.0.attn.c_attn" in tb.layers_["transformer.h.0"]

@@ -9,15 +9,14 @@ import pytest
 import torch
 from torch import nn
 
+from htsr.nn import find_layout, weight_2d
 from htsr.pruning import PruningError
 from htsr.pruning import allocation as A
-from htsr.pruning.models import (
+from htsr.pruning.prune import (
     REPORT_FILE,
-    find_layout,
     prune_model,
     save_pruned,
     sparsity_of,
-    weight_2d,
 )
 from htsr.pruning.pruners import LayerStats, wanda_prune
 
