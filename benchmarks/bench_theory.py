@@ -1,6 +1,6 @@
 """Single-index heavy-tail study: wall time of the whole default grid (target: under 10 minutes on 2 cores).
 
-Runs exactly what ``htsr theory single-index --out DIR`` runs (the paper's sizes n=2000, d=1000, h=1500, 10
+Runs exactly what ``htsr theory single-index --out-dir DIR`` runs (the paper's sizes n=2000, d=1000, h=1500, 10
 full-batch steps, GD and Adam over the 9-rate grid, 1 repeat, figures included), in this process through the CLI
 entry point, and reports wall time, process CPU time (all threads), the load average before and after (the
 machine is shared: CPU time / wall time shows how much of the 2 cores the run actually got), and per-run
@@ -91,7 +91,9 @@ def main() -> None:
     load0 = C.loadavg()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.out) if args.out else Path(tmp) / "single_index"
-        argv = ["theory", "single-index", "--threads", str(args.threads), "--out", str(out), "--no-progress"]
+        argv = ["theory", "single-index", "--threads", str(args.threads), "--out-dir", str(out), "--no-progress"]
+        if args.out:
+            argv.append("--overwrite")  # a previous run of this benchmark (an htsr output) is replaced
         if args.quick:
             argv.append("--quick")
         t0, c0 = time.perf_counter(), time.process_time()

@@ -1,26 +1,23 @@
-"""Allocation: reference figures from the real LLaMA-7B alphas, and invariants."""
+"""Allocation: reference figures from the real LLaMA-7B alphas (shipped with htsr), and invariants."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from htsr.pruning import PruningError
 from htsr.pruning import allocation as A
+from tests.esd_reference import ww_sparsity
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-LLAMA7B = SHARED / "data" / "alphapruning" / "llama-7b-hf" / "alpha_peak.npy"
 # q, k, v, o, gate, up, down of a LLaMA-7B block
 LLAMA7B_PARAMS = np.array([4096 * 4096] * 4 + [11008 * 4096] * 3, dtype=float)
 
 
 @pytest.fixture(scope="module")
 def llama7b():
-    if not LLAMA7B.is_file():
-        pytest.skip(f"shared data missing: {LLAMA7B}")
-    alphas = np.load(LLAMA7B)
+    from htsr.data.reference import alphapruning_alphas
+
+    alphas = alphapruning_alphas("llama-7b-hf")  # AlphaPruning's data/llama-7b-hf/alpha_peak.npy, package data
     assert alphas.shape == (224,)
     return alphas, np.tile(LLAMA7B_PARAMS, 32), np.repeat(np.arange(32), 7)
 
@@ -28,6 +25,7 @@ def llama7b():
 def test_reference_figures_llama7b(llama7b):
     alphas, params, blocks = llama7b
     s = A.alpha_allocation(alphas, params, 0.7, 0.2, blocks=blocks)
+    np.testing.assert_allclose(s, ww_sparsity(alphas, params, blocks, 0.7, 0.2), rtol=1e-12)
     per_block = s.reshape(32, 7)
     assert np.all(per_block == per_block[:, :1])  # block-wise: one ratio per block
     b = per_block[:, 0]

@@ -6,7 +6,6 @@ The parity tests need llmcompressor (``pip install 'htsr[llmcompressor]'``) and 
 
 from __future__ import annotations
 
-import argparse
 import copy
 import importlib.util
 import json
@@ -56,12 +55,13 @@ def weights(m):
 
 
 def run(argv):
-    from htsr.pruning.cli import register
+    """``htsr ARGV`` through the CLI's error rule: the exit code (argparse errors included)."""
+    from htsr.cli.main import main
 
-    p = argparse.ArgumentParser(prog="htsr")
-    register(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(argv)
-    return args.func(args)
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
 
 
 @pytest.fixture()
@@ -95,7 +95,7 @@ def test_cli_missing_llmcompressor_one_line(model_dir, capsys, monkeypatch):
     before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
     out = model_dir.parent / "o"
     rc = run(["prune", str(model_dir), "--sparsity", "0.5", "--backend", "llmcompressor", "--calibration",
-              str(model_dir.parent / "calib.txt"), "--nsamples", "2", "--seqlen", "16", "--out", str(out)])
+              str(model_dir.parent / "calib.txt"), "--nsamples", "2", "--seqlen", "16", "--out-dir", str(out)])
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1 and "pip install 'htsr[llmcompressor]'" in err
     assert not out.exists() and {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
@@ -105,7 +105,7 @@ def test_cli_magnitude_refused_before_loading(model_dir, capsys):
     if not HAS_LLMC:
         pytest.skip("needs llmcompressor to reach the pruner check")
     rc = run(["prune", str(model_dir), "--sparsity", "0.5", "--pruner", "magnitude", "--backend", "llmcompressor",
-              "--out", str(model_dir.parent / "o")])
+              "--out-dir", str(model_dir.parent / "o")])
     assert rc == 2 and "no one-shot magnitude pruner" in capsys.readouterr().err
 
 
@@ -227,7 +227,7 @@ def test_cli_llmcompressor_to_compressed_tensors(model_dir, capsys):
     out = model_dir.parent / "llmc-ct"
     rc = run(["prune", str(model_dir), "--nm", "2:4", "--pruner", "sparsegpt", "--backend", "llmcompressor",
               "--format", "compressed-tensors", "--calibration", str(model_dir.parent / "calib.txt"),
-              "--nsamples", "2", "--seqlen", "32", "--out", str(out)])
+              "--nsamples", "2", "--seqlen", "32", "--out-dir", str(out)])
     io = capsys.readouterr()
     assert rc == 0, io.err
     assert "llmcompressor)" in io.out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -12,7 +11,6 @@ import torch
 from htsr.nn import weight_2d
 from htsr.pruning import PruningError
 from htsr.pruning import evaluation as E
-from htsr.pruning.cli import register
 from htsr.pruning.prune import REPORT_FILE, sparsity_of
 
 transformers = pytest.importorskip("transformers")
@@ -32,10 +30,13 @@ def tiny_llama(vocab=256):
 
 
 def run(argv):
-    p = argparse.ArgumentParser(prog="htsr")
-    register(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(argv)
-    return args.func(args)
+    """``htsr ARGV`` through the CLI's error rule: the exit code (argparse errors included)."""
+    from htsr.cli.main import main
+
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
 
 
 def test_calibration_windows_seeded():
@@ -97,7 +98,7 @@ def test_cli_prune_and_perplexity(model_dir, capsys, pruner, allocation):
     out = model_dir.parent / "pruned"
     rc = run(["prune", str(model_dir), "--sparsity", "0.6", "--pruner", pruner, "--allocation", allocation,
               "--epsilon", "0.2", "--calibration", str(model_dir.parent / "calib.txt"), "--nsamples", "4",
-              "--seqlen", "32", "--seed", "1", "--out", str(out)])
+              "--seqlen", "32", "--seed", "1", "--out-dir", str(out)])
     io = capsys.readouterr()
     assert rc == 0, io.err
     assert "achieved 0.6" in io.out or "achieved 0.59" in io.out
@@ -117,7 +118,7 @@ def test_cli_nm(model_dir, capsys):
     out = model_dir.parent / "nm"
     rc = run(["prune", str(model_dir), "--nm", "2:4", "--pruner", "wanda",
               "--calibration", str(model_dir.parent / "calib.txt"), "--nsamples", "2", "--seqlen", "16",
-              "--out", str(out)])
+              "--out-dir", str(out)])
     assert rc == 0, capsys.readouterr().err
     re = transformers.AutoModelForCausalLM.from_pretrained(str(out))
     w = weight_2d(re.model.layers[0].mlp.down_proj)
@@ -125,28 +126,93 @@ def test_cli_nm(model_dir, capsys):
 
 
 @pytest.mark.parametrize("extra,msg", [
-    (["--sparsity", "1.2"], "sparsity must be in [0, 1)"),
+    (["--sparsity", "1.2"], "1.2 is outside [0, 1)"),
     (["--sparsity", "0.8", "--epsilon", "0.5", "--pruner", "magnitude"], "outside [0, 1)"),
-    (["--sparsity", "0.5", "--seqlen", "4000"], "shorter than one window"),
+    (["--sparsity", "0.5", "--seqlen", "4000"], "--seqlen 4000 exceeds the model's 64 positions"),
+    (["--sparsity", "0.5", "--seqlen", "0"], "0 is outside [2, inf]"),
+    (["--sparsity", "0.5", "--owl-m", "-1", "--allocation", "owl"], "-1 is outside (0, inf]"),
+    (["--sparsity", "0.5", "--owl-lambda", "-0.1"], "-0.1 is outside [0, inf]"),
+    (["--sparsity", "0.5", "--nm", "4:2"], "needs 0 < N < M"),
+    (["--sparsity", "0.5", "--device", "banana"], "unknown device 'banana'"),
+    (["--sparsity", "0.5", "--set", "epochs=abc"], "unknown option(s) for PruneConfig 'epochs'"),
+    (["--sparsity", "0.5", "--set", "blocksize=abc"], "blocksize must be an integer"),
+    (["--sparsity", "0.5", "--threads", "0"], "0 is outside [1, inf]"),
+    (["--pruner", "magnitude"], "a target sparsity is required"),
     (["--sparsity", "0.5", "--seqlen", "63", "--calibration", "/nonexistent.txt"], "not found"),
     (["--sparsity", "0.5", "--pruner", "wanda", "--no-calibration"], "--calibration TEXTFILE is needed"),
-    (["--sparsity", "0.5", "--pruner", "magnitude", "--out-is-input"], "input model directory"),
+    (["--sparsity", "0.5", "--pruner", "magnitude", "--out-is-input"], "is the input"),
+    (["--sparsity", "0.5", "--pruner", "magnitude", "--out-inside-input"], "lies inside the input"),
 ])
 def test_cli_errors(model_dir, capsys, extra, msg):
     calib = ["--calibration", str(model_dir.parent / "calib.txt")]
-    out = ["--out", str(model_dir.parent / "o")]
+    out = ["--out-dir", str(model_dir.parent / "o")]
     if "--no-calibration" in extra:
         extra, calib = [e for e in extra if e != "--no-calibration"], []
     if "--out-is-input" in extra:
-        extra, out = [e for e in extra if e != "--out-is-input"], ["--out", str(model_dir)]
+        extra, out = [e for e in extra if e != "--out-is-input"], ["--out-dir", str(model_dir)]
+    if "--out-inside-input" in extra:
+        extra, out = [e for e in extra if e != "--out-inside-input"], ["--out-dir", str(model_dir / "pruned")]
     if any(e.startswith("/nonexistent") for e in extra):
         calib = []
     before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
     rc = run(["prune", str(model_dir), "--nsamples", "2", *calib, *out, *extra])
+    err = capsys.readouterr().err
     assert rc == 2
-    assert msg in capsys.readouterr().err
-    assert not (model_dir.parent / "o").exists()
+    assert msg in err and "Traceback" not in err
+    assert not (model_dir.parent / "o").exists() and not (model_dir / "pruned").exists()
     assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
+
+
+def _files(d):
+    return {str(p.relative_to(d)): p.read_bytes() for p in d.rglob("*") if p.is_file()}
+
+
+def test_cli_out_dir_is_never_the_users_files(model_dir, capsys, tmp_path, monkeypatch):
+    """issue 15: `--out-dir . --overwrite` in a directory of the user's files, `--out-dir` a symlink to a non-empty
+    directory, `--out-dir` inside the input model: refused before any loading, nothing deleted; an earlier htsr
+    output is replaced with --overwrite."""
+    import htsr.pruning.prune as P
+
+    args = ["prune", str(model_dir), "--sparsity", "0.5", "--pruner", "magnitude", "--allocation", "uniform"]
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    (work / "data").mkdir()
+    (work / "data" / "x.csv").write_text("1,2")
+    snapshot = _files(work)
+    monkeypatch.chdir(work)
+    loads = []
+    real_load = P.load_model
+    monkeypatch.setattr(P, "load_model", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    for out in (".", str(work)):
+        assert run([*args, "--out-dir", out, "--overwrite"]) == 2
+        assert "was not written by htsr" in capsys.readouterr().err
+        assert _files(work) == snapshot
+    (work / ".htsr-output").write_text("")  # even a marked cwd is refused
+    assert run([*args, "--out-dir", ".", "--overwrite"]) == 2
+    assert "current directory" in capsys.readouterr().err
+    (work / ".htsr-output").unlink()
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "keep.bin").write_bytes(b"\x00\x01")
+    (target / ".htsr-output").write_text("")  # a marker behind a link does not make the link replaceable
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    assert run([*args, "--out-dir", str(link), "--overwrite"]) == 2
+    assert "symbolic link" in capsys.readouterr().err
+    assert (target / "keep.bin").read_bytes() == b"\x00\x01" and link.is_symlink()
+    assert run([*args, "--out-dir", str(model_dir / "out"), "--overwrite"]) == 2
+    assert "lies inside the input" in capsys.readouterr().err
+    assert loads == [] and _files(work) == snapshot
+    # a previous htsr output is replaced with --overwrite, refused without it
+    prev = tmp_path / "prev"
+    assert run([*args, "--out-dir", str(prev)]) == 0
+    assert run([*args, "--out-dir", str(prev), "--sparsity", "0.3"]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert run([*args, "--out-dir", str(prev), "--sparsity", "0.3", "--overwrite", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["target_sparsity"] == 0.3
+    assert json.loads((prev / REPORT_FILE).read_text())["target_sparsity"] == 0.3
 
 
 def test_cli_perplexity_errors(model_dir, capsys, tmp_path):
@@ -156,6 +222,10 @@ def test_cli_perplexity_errors(model_dir, capsys, tmp_path):
     assert "shorter than one window" in capsys.readouterr().err
     assert run(["perplexity", str(tmp_path), "--text", str(short)]) == 2
     assert "not a Hugging Face model directory" in capsys.readouterr().err
+    for bad, msg in ((["--seqlen", "65"], "exceeds the model's 64 positions"), (["--seqlen", "1"], "is outside"),
+                     (["--device", "tpu"], "unknown device")):
+        assert run(["perplexity", str(model_dir), "--text", str(short), *bad]) == 2
+        assert msg in capsys.readouterr().err
 
 
 def test_cli_prune_minilm_encoder(minilm_dir, tmp_path, capsys):
@@ -163,8 +233,8 @@ def test_cli_prune_minilm_encoder(minilm_dir, tmp_path, capsys):
     text.write_text("A sentence embedding model maps text to vectors for search and clustering. " * 30)
     out = tmp_path / "minilm-pruned"
     rc = run(["prune", str(minilm_dir), "--sparsity", "0.4", "--pruner", "sparsegpt", "--allocation", "alpha",
-              "--epsilon", "0.2", "--calibration", str(text), "--nsamples", "2", "--seqlen", "32", "--out", str(out),
-              "--dtype", "float32"])
+              "--epsilon", "0.2", "--calibration", str(text), "--nsamples", "2", "--seqlen", "32",
+              "--out-dir", str(out), "--dtype", "float32"])
     assert rc == 0, capsys.readouterr().err
     assert (out / "tokenizer.json").is_file() and (out / "vocab.txt").is_file()
     rep = json.loads((out / REPORT_FILE).read_text())

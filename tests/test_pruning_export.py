@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import sys
@@ -147,12 +146,13 @@ def test_export_bad_input(tmp_path):
 
 
 def run(argv):
-    from htsr.pruning.cli import register
+    """``htsr ARGV`` through the CLI's error rule: the exit code (argparse errors included)."""
+    from htsr.cli.main import main
 
-    p = argparse.ArgumentParser(prog="htsr")
-    register(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(argv)
-    return args.func(args)
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
 
 
 @needs_ct
@@ -162,14 +162,14 @@ def test_cli_format_compressed_tensors(tmp_path, capsys):
     (tmp_path / "calib.txt").write_text("In the beginning God created the heaven and the earth. " * 40)
     out = tmp_path / "ct24"
     rc = run(["prune", str(d), "--nm", "2:4", "--pruner", "sparsegpt", "--calibration", str(tmp_path / "calib.txt"),
-              "--nsamples", "2", "--seqlen", "32", "--format", "compressed-tensors", "--out", str(out)])
+              "--nsamples", "2", "--seqlen", "32", "--format", "compressed-tensors", "--out-dir", str(out)])
     assert rc == 0, capsys.readouterr().err
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
     assert qc["sparsity_config"]["sparsity_structure"] == "2:4"
     out2 = tmp_path / "ct-off"
     rc = run(["prune", str(d), "--nm", "2:4", "--pruner", "wanda", "--calibration", str(tmp_path / "calib.txt"),
               "--nsamples", "2", "--seqlen", "32", "--format", "compressed-tensors", "--sparsity-config", "off",
-              "--out", str(out2)])
+              "--out-dir", str(out2)])
     assert rc == 0, capsys.readouterr().err
     rep = json.loads((out2 / REPORT_FILE).read_text())
     assert json.loads((out2 / "config.json").read_text())["quantization_config"]["sparsity_config"] == {}

@@ -19,6 +19,7 @@ from htsr.pruning.prune import (
     sparsity_of,
 )
 from htsr.pruning.pruners import LayerStats, wanda_prune
+from tests.esd_reference import esd, hill_alpha_peak, ww_sparsity
 
 transformers = pytest.importorskip("transformers")
 
@@ -78,7 +79,9 @@ def test_layout(arch):
 
 
 def test_layout_error():
-    with pytest.raises(PruningError, match="cannot find the transformer blocks"):
+    from htsr.nn import LayoutError
+
+    with pytest.raises(LayoutError, match="cannot find the transformer blocks"):
         find_layout(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2)))
 
 
@@ -116,23 +119,73 @@ def test_prune_every_family(arch, pruner):
     assert torch.isfinite(getattr(out, "logits", None) if hasattr(out, "logits") else out.last_hidden_state).all()
 
 
-def test_alpha_allocation_uses_the_spectral_engine():
+def test_alpha_allocation_uses_the_spectral_engine(monkeypatch):
+    """Expected alphas from the reference estimator's formulas (numpy SVD, histogram-peak xmin with htsr's documented
+    unit fix, least KS distance) and expected sparsities from ww_sparsity's formula (numpy): prune_model must give
+    both; an Analysis given is used as is (no second analysis), a failed fit in it is imputed with the mean."""
     import htsr
+    import htsr.spectra.analysis as SA
 
     m = make("llama")
     lay = find_layout(m)
-    a = htsr.analyze(m, "alphapruning", layers=lay.names)
-    alphas = np.array([a[n]["alpha"] for n in lay.names])
-    params = np.array([weight_2d(x).numel() for x in lay.modules()], float)
-    expected = A.alpha_allocation(alphas, params, 0.6, 0.3, blocks=lay.block_ids)
+    alphas = np.array([hill_alpha_peak(esd(m.get_submodule(n))) for n in lay.names])
+    params = np.array([m.get_submodule(n).weight.numel() for n in lay.names], float)
+    expected = ww_sparsity(alphas, params, lay.block_ids, 0.6, 0.3)
+    a = htsr.analyze(m, "alphapruning", layers=lay.names, kinds=("linear", "hf_conv1d"))
     r = prune_model(m, 0.6, "magnitude", "alpha", 0.3)
-    np.testing.assert_allclose([row["target_sparsity"] for row in r.layers], expected, rtol=0, atol=1e-15)
-    np.testing.assert_allclose([row["metric"] for row in r.layers], alphas)
-    m2 = make("llama")
-    r2 = prune_model(m2, 0.6, "magnitude", "alpha", 0.3, mapping="matrix",
+    np.testing.assert_allclose([row["metric"] for row in r.layers], alphas, rtol=1e-9)
+    np.testing.assert_allclose([row["target_sparsity"] for row in r.layers], expected, rtol=1e-12)
+    assert r.settings["analysis_given"] is False and not r.imputed_metric_layers
+
+    def boom(*args, **kw):
+        raise AssertionError("analyze() called although an analysis was given")
+
+    monkeypatch.setattr(SA, "analyze", boom)
+    r1 = prune_model(make("llama"), 0.6, "magnitude", "alpha", 0.3, analysis=a)
+    np.testing.assert_allclose([row["target_sparsity"] for row in r1.layers], expected, rtol=1e-12)
+    assert r1.settings["analysis_given"] is True
+    bad = lay.names[3]
+    a.rows = [({**row, "status": "failed", "alpha": float("nan"), "reason": "test: no fit"} if row["name"] == bad
+               else row) for row in a.rows]
+    r2 = prune_model(make("llama"), 0.6, "magnitude", "alpha", 0.3, analysis=a)
+    assert r2.imputed_metric_layers == [bad]
+    imputed = alphas.copy()
+    imputed[3] = np.mean(np.delete(alphas, 3))
+    np.testing.assert_allclose([row["metric"] for row in r2.layers], imputed, rtol=1e-9)
+    np.testing.assert_allclose([row["target_sparsity"] for row in r2.layers],
+                               ww_sparsity(imputed, params, lay.block_ids, 0.6, 0.3), rtol=1e-12)
+    r3 = prune_model(make("llama"), 0.6, "magnitude", "alpha", 0.3, mapping="matrix",
                      metrics={n: float(i) for i, n in enumerate(lay.names)})
-    t2 = [row["target_sparsity"] for row in r2.layers]
-    assert np.all(np.diff(t2) > 0)  # per matrix, increasing metric -> increasing sparsity
+    np.testing.assert_allclose([row["target_sparsity"] for row in r3.layers],
+                               ww_sparsity(np.arange(len(lay.names), dtype=float), params, None, 0.6, 0.3),
+                               rtol=1e-12)
+
+
+def test_llama7b_alphas_shipped_with_htsr_give_the_reference_block_sparsities():
+    """The LLaMA-7B alpha_peak values of the AlphaPruning repository (shipped as htsr.data.reference) on a 32-block
+    LLaMA layout: block sparsities at S = 0.7, eps = 0.2 are ww_sparsity's (numpy), and they are what
+    docs/pruning.md states (lowest block 9 at 0.568, highest block 25 at 0.852, block 0 0.570, block 31 0.732)."""
+    from htsr.data.reference import alphapruning_alphas
+
+    alphas = alphapruning_alphas("llama-7b-hf")
+    assert alphas.shape == (224,)
+    torch.manual_seed(0)
+    cfg = dict(SMALL, num_hidden_layers=32)
+    m = transformers.LlamaForCausalLM(transformers.LlamaConfig(vocab_size=V, intermediate_size=64,
+                                                               num_key_value_heads=2, **cfg)).eval()
+    lay = find_layout(m)
+    params = np.array([m.get_submodule(n).weight.numel() for n in lay.names], float)
+    blocks = np.repeat(np.arange(32), 7)
+    assert np.array_equal(lay.block_ids, blocks)
+    r = prune_model(m, 0.7, "magnitude", "alpha", 0.2, metrics=alphas)
+    targets = np.array([row["target_sparsity"] for row in r.layers])
+    np.testing.assert_allclose(targets, ww_sparsity(alphas, params, blocks, 0.7, 0.2), rtol=1e-12)
+    per_block = targets.reshape(32, 7)[:, 0]
+    block_alpha = alphas.reshape(32, 7).mean(1)
+    assert int(np.argmin(per_block)) == int(np.argmin(block_alpha)) == 9
+    assert int(np.argmax(per_block)) == int(np.argmax(block_alpha)) == 25
+    assert [round(float(per_block[k]), 3) for k in (9, 25, 0, 31)] == [0.568, 0.852, 0.570, 0.732]
+    assert abs(r.achieved_sparsity - 0.7) < 0.01
 
 
 def test_sequential_calibration_uses_pruned_outputs():
@@ -254,13 +307,20 @@ def test_save_and_reload(tmp_path):
         w = weight_2d(re.get_submodule(row["name"]))
         assert float((w == 0).sum()) / w.numel() == row["achieved_sparsity"]
     assert {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()} == before  # input untouched
-    with pytest.raises(PruningError, match="input model directory"):
+    from htsr.io import OutputError
+
+    with pytest.raises(OutputError, match="is the input"):
         save_pruned(m, src, r, source_dir=src)
-    with pytest.raises(PruningError, match="input model directory"):
+    with pytest.raises(OutputError, match="lies inside the input"):
+        save_pruned(m, src / "sub", r, source_dir=src)
+    (tmp_path / ".htsr-output").write_text("")
+    with pytest.raises(OutputError, match="contains the input"):
         save_pruned(m, tmp_path, r, source_dir=src, overwrite=True)
-    with pytest.raises(PruningError, match="not an empty directory"):
+    with pytest.raises(OutputError, match="exists and is not empty"):
         save_pruned(m, out, r)
-    assert not list(tmp_path.glob(".*tmp*"))
+    assert save_pruned(m, out, r, overwrite=True) == out.resolve()  # a previous htsr output may be replaced
+    assert not list(tmp_path.glob(".*tmp*")) and not list(tmp_path.glob(".*old*"))
+    assert {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()} == before
 
 
 CALIB_TEXT = ("The river rose through the night and by morning the lower fields were under water. Farmers moved "
@@ -296,12 +356,12 @@ def test_other_metrics_and_imputation():
     m = make("llama")
     r = prune_model(m, 0.5, "magnitude", "alpha", 0.2, metric="stable_rank")
     assert r.settings["metric"] == "stable_rank" and not r.imputed_metric_layers
-    import htsr
-
-    a = htsr.analyze(make("llama"), "alphapruning")
-    assert [row["metric"] for row in r.layers] == [a[row["name"]]["stable_rank"] for row in r.layers]
-    # the tempbalance preset skips matrices with < 50 eigenvalues (all of these): imputed with the mean -> error
-    with pytest.raises(PruningError, match="could not be computed"):
+    ref = make("llama")
+    for row in r.layers:  # stable rank = sum(sigma^2) / max(sigma^2), from a numpy SVD
+        ev = esd(ref.get_submodule(row["name"]))
+        assert row["metric"] == pytest.approx(ev.sum() / ev.max(), rel=1e-9)
+    # the tempbalance preset skips matrices with < 50 eigenvalues (all of these): nothing to impute from -> error
+    with pytest.raises(PruningError, match="alpha is not available for 14 of 14 layer"):
         prune_model(make("llama"), 0.5, "magnitude", "alpha", 0.2, metric="alpha_median")
     with pytest.raises(PruningError, match="unknown metric"):
         prune_model(make("llama"), 0.5, "magnitude", "alpha", 0.2, metric="nope")

@@ -27,7 +27,7 @@ def test_read_text_from_tables(tmp_path):
 
 
 def test_prune_progress_bar(capsys):
-    from htsr.pruning.models import prune_model
+    from htsr.pruning.prune import prune_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from htsr.theory.single_index import (
     run_single_index,
     teacher_alignment,
 )
+from tests.theory_notes import theory_notes
 
 SMALL = SingleIndexConfig(n=400, n_test=100, d=200, h=300, steps=6)
 TINY = SingleIndexConfig(n=80, n_test=20, d=40, h=60, steps=3)
@@ -47,17 +49,39 @@ def test_bad_config_is_a_clear_error(changes, word):
 
 def test_replace_validates_and_rejects_unknown_fields():
     assert TINY.replace(lr=0.5).lr == 0.5
-    with pytest.raises(ConfigError, match="unknown SingleIndexConfig field"):
+    with pytest.raises(ConfigError, match="unknown option.*'learning_rate'.*valid: .*lr"):
         TINY.replace(learning_rate=0.5)
     with pytest.raises(ConfigError, match="optimizer"):
         TINY.replace(optimizer="rmsprop")
+    with pytest.raises(ConfigError, match="n must be an integer"):
+        SingleIndexConfig.from_dict({"n": "abc"})
+    assert SingleIndexConfig.from_dict({"n": "80", "lr": "0.5"}).replace(n=90).to_dict()["n"] == 90
 
 
 def test_defaults_are_the_papers_setup():
+    """The defaults against the paper's setup as the research notes record it from the reference's configs/main.yml
+    (section 3.1 of methods_mem_phish_htgd.md), parsed from that file: not literals typed here."""
+    notes = theory_notes()
+    sizes = re.search(r"\*\*Sizes\*\* \(`main.yml`\): n=(\d+) \(full batch\), d=(\d+), h=(\d+), n_test=(\d+)", notes)
+    noise = re.search(r"`label_noise_std=([\d.]+)`", notes)
+    steps = re.search(r"`num_epochs=(\d+)`, i\.e\. \*\*(\d+) steps\*\*", notes)
+    default = re.search(r"single-run default is (\w+) with η=([\d.]+)", notes)
+    ridge = re.search(r"Refit the last layer by ridge.*?with λ=([\d.]+)", notes)
+    adam = re.search(r"Full-batch Adam: torch defaults β=\(([\d.]+), ([\d.]+)\), eps ([\de.-]+)", notes)
+    gd = re.search(r"Full-batch GD: `torch.optim.SGD`, momentum (\d+), weight decay (\d+)", notes)
+    frozen = re.search(r"\*\*a is frozen\*\* \(`fix_last_layer: (\w+)`\)", notes)
+    assert all((sizes, noise, steps, default, ridge, adam, gd, frozen)), "the notes changed: update the parser"
     c = SingleIndexConfig()
-    assert (c.n, c.n_test, c.d, c.h, c.label_noise_std, c.steps, c.optimizer, c.lr) == (
-        2000, 200, 1000, 1500, 0.3, 10, "adam", 1.0)
-    assert c.fix_last_layer and c.ridge_lambda == 0.01 and c.feature_scaling == "intended"
+    assert (c.n, c.d, c.h, c.n_test) == tuple(int(v) for v in sizes.groups())
+    assert c.label_noise_std == float(noise.group(1))
+    assert c.steps == int(steps.group(1)) == int(steps.group(2))
+    assert (c.optimizer, c.lr) == (default.group(1).lower(), float(default.group(2)))
+    assert c.ridge_lambda == float(ridge.group(1))
+    assert c.adam_betas == (float(adam.group(1)), float(adam.group(2))) and c.adam_eps == float(adam.group(3))
+    assert (c.momentum, c.weight_decay) == (float(gd.group(1)), float(gd.group(2)))
+    assert c.fix_last_layer is (frozen.group(1) == "true")
+    assert c.feature_scaling == "intended"  # the notes' "Implement the intended /√d"
+    assert "Implement the intended /√d" in notes
 
 
 # ----------------------------------------------------------------------------- data and seeds

@@ -43,7 +43,16 @@ def test_package_exports_load_lazily():
 
 
 def test_grid_is_the_papers():
-    assert LR_GRID == (1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1000.0, 2000.0, 3000.0)
+    """LR_GRID against the grid the research notes record from the reference's configs/bulk_lr.yml (parsed)."""
+    import re
+
+    from tests.theory_notes import theory_notes
+
+    m = re.search(r"\*\*Learning-rate grid\*\* \(`bulk_lr.yml`\), identical for GD and Adam: η ∈ \{([^}]*)\}",
+                  theory_notes())
+    assert m, "the notes changed: update the parser"
+    grid = tuple(float(x) for x in m.group(1).split(","))
+    assert len(grid) == 9 and LR_GRID == grid
 
 
 def test_sweep_tables(small_sweep):
@@ -130,7 +139,7 @@ def test_cli_single_index(tmp_path, capsys):
 
     out = tmp_path / "si"
     rc = main(["theory", "single-index", "--n", "80", "--n-test", "20", "--d", "40", "--h", "60", "--steps", "3",
-               "--optimizers", "adam", "--lrs", "0.01,1", "--out", str(out), "--no-progress"])
+               "--optimizers", "adam", "--lrs", "0.01,1", "--out-dir", str(out), "--no-progress"])
     assert rc == 0
     text = capsys.readouterr().out
     assert "alpha_hill" in text and "2/2 runs ok" in text and "d=40, h=60" in text
@@ -141,17 +150,42 @@ def test_cli_single_index(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, word", [
-    (["--optimizers", "sgd"], "optimizers"),
-    (["--lrs", "-1"], "learning rates"),
-    (["--repeats", "0"], "repeats"),
-    (["--d", "1"], "d and h must be"),
-    (["--threads", "0"], "threads"),
+    (["--optimizers", "sgd"], "unknown sgd"),
+    (["--optimizers", ",,"], "expected comma-separated names"),
+    (["--lrs", "-1"], "learning rates must be finite and > 0"),
+    (["--repeats", "0"], "0 is outside [1, inf]"),
+    (["--d", "1"], "1 is outside [4, inf]"),
+    (["--threads", "0"], "0 is outside [1, inf]"),
+    (["--seed", "-1"], "-1 is outside [0, inf]"),
+    (["--lr-gamma", "1.5"], "1.5 is outside (0, 1]"),
+    (["--set", "steps=abc"], "steps must be an integer"),
+    (["--set", "stepz=3"], "unknown option(s) for SingleIndexConfig 'stepz'"),
+    (["--set", "d=2"], "d and h must be >= 4"),
 ])
 def test_cli_bad_input_exits_2(argv, word, capsys):
     from htsr.cli.main import main
 
-    assert main(["theory", "single-index", "--quick", "--steps", "1", *argv]) == 2
-    assert word in capsys.readouterr().err
+    try:
+        rc = main(["theory", "single-index", "--quick", "--steps", "1", *argv])
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and word in err and "Traceback" not in err
+
+
+def test_cli_json_and_out_dir_safety(tmp_path, capsys):
+    from htsr.cli.main import main
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("x")
+    args = ["theory", "single-index", "--quick", "--d", "40", "--h", "60", "--n", "80", "--n-test", "20",
+            "--steps", "1", "--optimizers", "gd", "--lrs", "1", "--no-plots"]
+    assert main([*args, "--out-dir", str(mine), "--overwrite"]) == 2  # not an htsr output: never deleted
+    assert "not written by htsr" in capsys.readouterr().err and (mine / "keep.txt").read_text() == "x"
+    assert main([*args, "--json", "--set", "momentum=0.5"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["config"]["momentum"] == 0.5 and len(res["runs"]) == 1
 
 
 def test_cli_quick_sizes_and_reference_scaling(tmp_path, capsys):
@@ -159,7 +193,7 @@ def test_cli_quick_sizes_and_reference_scaling(tmp_path, capsys):
 
     out = tmp_path / "q"
     rc = main(["theory", "single-index", "--quick", "--d", "40", "--h", "60", "--n", "80", "--n-test", "20",
-               "--steps", "2", "--optimizers", "gd", "--lrs", "1", "--reference-scaling", "--out", str(out),
+               "--steps", "2", "--optimizers", "gd", "--lrs", "1", "--reference-scaling", "--out-dir", str(out),
                "--no-plots"])
     assert rc == 0
     assert not (out / "esd.png").exists()

@@ -1,6 +1,6 @@
 """Pruning backends: where the per-layer sparsities that htsr allocates are applied.
 
-``htsr`` (the default) is :func:`htsr.pruning.models.prune_model`; ``llmcompressor`` hands the same
+``htsr`` (the default) is :func:`htsr.pruning.prune.prune_model`; ``llmcompressor`` hands the same
 allocation to llmcompressor's Wanda / SparseGPT modifiers (:mod:`htsr.pruning.backends.llmcompressor`,
 the optional extra ``htsr[llmcompressor]``). Importing this package loads neither torch nor llmcompressor.
 """
