@@ -27,8 +27,9 @@ def test_read_text_from_tables(tmp_path):
 
 
 def test_prune_progress_bar(capsys):
-    from htsr.pruning.prune import prune_model
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from htsr.pruning.prune import prune_model
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
