@@ -140,8 +140,12 @@ def test_export_bad_input(tmp_path):
         export_compressed_tensors(torch.nn.Linear(4, 4), tmp_path / "x")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
-    with pytest.raises(PruningError, match="not an empty directory"):
+    from htsr.io import OutputError
+
+    with pytest.raises(OutputError, match="exists and is not empty"):
         export_compressed_tensors(m, tmp_path / "full")
+    with pytest.raises(OutputError, match="not written by htsr"):
+        export_compressed_tensors(m, tmp_path / "full", overwrite=True)
     assert not (tmp_path / "x").exists() and (tmp_path / "full" / "keep.txt").read_text() == "x"
 
 

@@ -158,7 +158,7 @@ def test_cli_single_index(tmp_path, capsys):
     (["--threads", "0"], "0 is outside [1, inf]"),
     (["--seed", "-1"], "-1 is outside [0, inf]"),
     (["--lr-gamma", "1.5"], "1.5 is outside (0, 1]"),
-    (["--set", "steps=abc"], "steps must be an integer"),
+    (["--set", "n_test=abc"], "n_test must be an integer"),
     (["--set", "stepz=3"], "unknown option(s) for SingleIndexConfig 'stepz'"),
     (["--set", "d=2"], "d and h must be >= 4"),
 ])

@@ -197,12 +197,19 @@ def layer_metrics(model: nn.Module, layout: Layout, config: PruneConfig, metrics
                         config.metric, preset, given)
     from htsr.errors import ConfigError
 
+    wanted = set(names)
+    rows = [r for r in analysis.rows if r.get("name") in wanted or r.get("module") in wanted]
+    if rows and not any(column in r for r in rows) and not any(r.get("status") == "success" for r in rows):
+        why = "; ".join(f"{r['name']}: {r['status']}: {r.get('reason', '')}" for r in rows[:3])
+        raise PruningError(f"metric {config.metric!r} could not be computed for any of the {len(rows)} layers "
+                           f"({why}{' ...' if len(rows) > 3 else ''})")
     try:
         vec = analysis.metric(column, names, policy="mean")
     except ConfigError as e:
-        hint = ("; expected alpha_peak, alpha_median or an analysis column such as alpha_hat, stable_rank, "
-                "log_norm, entropy") if "has no column" in str(e) else ""
-        raise PruningError(f"metric {config.metric!r}: {e}{hint}") from None
+        if "has no column" in str(e):
+            raise PruningError(f"unknown metric {config.metric!r} ({e}); expected alpha_peak, alpha_median or an "
+                               "analysis column such as alpha_hat, stable_rank, log_norm, entropy") from None
+        raise PruningError(f"metric {config.metric!r}: {e}") from None
     return vec.values.astype(np.float64), list(vec.imputed)
 
 
