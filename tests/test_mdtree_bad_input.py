@@ -98,7 +98,7 @@ def test_population_never_takes_over_a_foreign_folder(tmp_path, capsys):
 
 @pytest.mark.parametrize("results, expect", [
     ("key,width\nk0,", "missing column(s)"),
-    ('key,"width\n', "unreadable population results"),
+    ('key,"width\n', "is not a results table written by htsr"),
 ], ids=["missing-columns", "malformed"])
 def test_population_with_damaged_results_is_one_line(population_dir, capsys, results, expect):
     (population_dir / "results.csv").write_text(results)

@@ -117,10 +117,7 @@ def _open_store(folder: Path):
     from htsr.experiments import ResultStore
 
     path = folder / "results.csv"
-    try:
-        store = ResultStore(folder)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DiagnosisError(f"{path}: unreadable population results ({str(e).strip().splitlines()[0]})") from None
+    store = ResultStore(folder)  # an unreadable table is the store's one-line error
     table = store.table()
     missing = [c for c in STORE_COLUMNS if len(table) and c not in table.columns]
     if missing:
