@@ -58,6 +58,21 @@ def test_ensemble_report_by_hand():
     assert rep["disagreement"] == pytest.approx(0.25)  # they differ on sample 2 only
 
 
+def test_kl_matrix_with_temperature_against_scipy():
+    from scipy.special import rel_entr, softmax
+
+    from htsr.landscape.diversity import kl_matrix, mean_pairwise_kl
+
+    rng = np.random.default_rng(0)
+    out = rng.normal(size=(3, 20, 4)) * 3
+    p = softmax(out / 2.0, axis=-1)
+    want = np.array([[rel_entr(p[i], p[j]).sum(-1).mean() for j in range(3)] for i in range(3)])
+    np.testing.assert_allclose(kl_matrix(out, temperature=2.0), want, rtol=1e-10, atol=1e-12)
+    assert mean_pairwise_kl(out, 2.0) == pytest.approx(want[~np.eye(3, dtype=bool)].mean())
+    with pytest.raises(ConfigError, match="temperature"):
+        kl_matrix(out, temperature=0)
+
+
 def test_calibration_bad_input():
     with pytest.raises(ConfigError, match="n_bins"):
         expected_calibration_error(PROBS, LAB, 0)

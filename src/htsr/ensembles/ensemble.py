@@ -169,7 +169,7 @@ def train_member(config: dict[str, Any], seed: int, member: int, root: str, line
             extra = {"model": spec, "epoch": e, "lineage": lineage, "member": member, "seed": seed,
                      "member_seed": mseed, "training_id": tid, "method": cfg.method, "history": history}
             save_checkpoint(ldir / f"epoch_{e:04d}", model, state.optimizer, extra)
-            prune_checkpoints(ldir, {e, cfg.initial_epochs} if keep_t0 else {e})
+            prune_checkpoints(ldir, e, (cfg.initial_epochs,) if keep_t0 else ())
 
     train(model, loader, opt, loss_fn=opt.loss if phase2 else None, epochs=until - start, callbacks=[_Member()],
           device=cfg.device, progress=False)

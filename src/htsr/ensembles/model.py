@@ -122,13 +122,16 @@ def epoch_dirs(lineage_dir: Path) -> dict[int, Path]:
     return out
 
 
-def prune_checkpoints(lineage_dir: Path, keep: Sequence[int]) -> None:
-    """Delete checkpoints (and incomplete ``epoch_*`` directories) except the epochs in ``keep``."""
+def prune_checkpoints(lineage_dir: Path, latest: int, keep: Sequence[int] = ()) -> None:
+    """Delete the checkpoints (and incomplete ``epoch_*`` directories) older than ``latest``, except the epochs
+    in ``keep``; later ones (another run of the same lineage that went further) are left alone."""
     if not lineage_dir.is_dir():
         return
     for d in lineage_dir.iterdir():
-        if d.is_dir() and d.name.startswith("epoch_") and d.name[6:].isdigit() and int(d.name[6:]) not in keep:
-            shutil.rmtree(d, ignore_errors=True)
+        if d.is_dir() and d.name.startswith("epoch_") and d.name[6:].isdigit():
+            e = int(d.name[6:])
+            if e < latest and e not in keep:
+                shutil.rmtree(d, ignore_errors=True)
 
 
 def read_meta(path: Path) -> dict[str, Any]:
