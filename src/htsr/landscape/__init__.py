@@ -25,6 +25,7 @@ _WHERE = {
     "SharpnessResult": "sharpness", "per_sample_grad_norms": "persample",
     "disagreement": "diversity", "disagreement_matrix": "diversity", "disagreement_error_ratio": "diversity",
     "prediction_variance": "diversity", "ensemble_metrics": "diversity", "collect_outputs": "diversity",
+    "kl_matrix": "diversity", "mean_pairwise_kl": "diversity",
 }
 
 __all__ = sorted(_WHERE)

@@ -10,6 +10,11 @@ logits) or a sequence of M (n, C) arrays; ``labels`` is (n,) integer classes.
   on raw outputs (the unbiased across-member variance). The reference accumulates members one at a time
   and multiplies *every* running value by ``M/(M-1)`` instead of ``t/(t-1)``; only its last value (the one
   reported) equals this formula.
+* :func:`kl_matrix` / :func:`mean_pairwise_kl`: ``KL(i, j) = mean_x KL(softmax(f_i(x)/T) || softmax(f_j(x)/T))``.
+  The reference's ``--mode KL`` calls ``loss_fn_kd(preds_i, preds_j)`` and ``evaluate_ensemble_KD``, neither of
+  which is defined anywhere in its repository, so that path crashes; the distillation loss it names is
+  ``KLDivLoss(log_softmax(f_i/T), softmax(f_j/T)) * T^2`` = ``T^2 KL(p_j || p_i)``, i.e. this matrix transposed
+  (times ``T^2``). Here the KL is exact (float64, log-softmax, no clipping) and not multiplied by ``T^2``.
 * :func:`ensemble_metrics`: the ensemble is the mean of the members' softmax outputs; accuracy and NLL of
   the ensemble and of each member, plus the diversity numbers above, as one dict.
 * :func:`collect_outputs`: run M models over a data loader and stack their outputs (the torch adapter).
@@ -139,12 +144,37 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
+def kl_matrix(outputs: Any, temperature: float = 1.0) -> np.ndarray:
+    """(M, M) matrix ``K[i, j] = mean_x KL(p_i(x) || p_j(x))`` with ``p_i = softmax(f_i / temperature)``
+    (zero diagonal, not symmetric)."""
+    arr = _outputs(outputs)
+    t = float(temperature)
+    if not (t > 0) or not np.isfinite(t):
+        raise ConfigError(f"temperature must be a finite number > 0, got {temperature!r}")
+    logp = _log_softmax(arr / t)  # (M, n, C)
+    p = np.exp(logp)
+    # sum_c p_i (log p_i - log p_j), averaged over x
+    self_term = (p * logp).sum(-1).mean(-1)  # (M,)
+    cross = np.einsum("inc,jnc->ij", p, logp) / arr.shape[1]
+    k = self_term[:, None] - cross
+    np.fill_diagonal(k, 0.0)
+    return np.maximum(k, 0.0)
+
+
+def mean_pairwise_kl(outputs: Any, temperature: float = 1.0) -> float:
+    """Mean of :func:`kl_matrix` over ordered pairs ``i != j`` (needs M >= 2)."""
+    arr = _outputs(outputs, 2)
+    k = kl_matrix(arr, temperature)
+    m = arr.shape[0]
+    return float(k[~np.eye(m, dtype=bool)].mean())
+
+
 def ensemble_metrics(outputs: Any, labels: Any) -> dict[str, Any]:
     """Ensemble (mean softmax) and member accuracy/NLL plus disagreement, DER and prediction variance.
 
     Keys: ``ensemble_accuracy``, ``ensemble_nll``, ``member_accuracy`` (list), ``member_nll`` (list),
     ``mean_member_accuracy``, ``disagreement`` (mean over pairs), ``disagreement_matrix``,
-    ``der``, ``prediction_variance``, ``n_members``, ``n_samples``.
+    ``der``, ``prediction_variance``, ``kl`` (mean pairwise KL), ``n_members``, ``n_samples``.
     """
     arr = _outputs(outputs, 2)
     y = _labels(labels, arr.shape[1])
@@ -166,6 +196,7 @@ def ensemble_metrics(outputs: Any, labels: Any) -> dict[str, Any]:
         "disagreement_matrix": disagreement_matrix(arr).tolist(),
         "der": disagreement_error_ratio(arr, y),
         "prediction_variance": prediction_variance(arr),
+        "kl": mean_pairwise_kl(arr),
         "n_members": int(arr.shape[0]),
         "n_samples": int(arr.shape[1]),
     }
