@@ -14,6 +14,15 @@ RSS increase of a child process that runs one library's eigenvalue + trace. Skip
 ``pyhessian`` is not installed (``pip install --no-deps pyhessian==0.1``). ``--device cuda`` runs both
 libraries (and the references) on the GPU; the peak-RSS comparison is then skipped (GPU memory is reported
 as the peak allocated by each library's eigenvalue + trace instead).
+
+``--residual``: the top eigenvalue at *equal, residual-checked accuracy* instead. For each target tau, htsr's
+Lanczos and power iteration stop on the residual test ``||Hv - theta v|| <= tau |theta|``; PyHessian's
+``eigenvalues(tol=tau)`` stops on its own rule (relative change), and the residual of the pair it returns is then
+measured (pass rate). PyHessian's products are counted through its ``hessian_vector_product``, and at each one
+the residual of the current iterate is measured: the first product at which it passes is the fewest products
+PyHessian's power iteration needs for that accuracy (an oracle stopping rule, in its favour); PyHessian is then
+timed running exactly that many products. Cases: the digits CNN above and three tanh MLPs (8-12-3, 147
+parameters, seeded Gaussian data) whose top two eigenvalues are within 1-3.3 %.
 """
 
 from __future__ import annotations
@@ -190,6 +199,124 @@ def _hwm_kib() -> float:
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
+def close_pair_mlp(seed: int):
+    """The clustered-spectrum case of tests/test_landscape_hessian.py (float32 here, as PyHessian runs)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(120, 8, generator=g, dtype=torch.float64).float()
+    y = torch.randint(0, 3, (120,), generator=g)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = nn.Sequential(nn.Linear(8, 12), nn.Tanh(), nn.Linear(12, 3))
+    return model.eval(), (x, y)
+
+
+class _CountingHVP:
+    """Wraps ``pyhessian.hessian.hessian_vector_product``: counts products and records, for each, the Rayleigh
+    quotient and residual of the (unit) input vector, i.e. of the iterate power iteration holds at that product."""
+
+    def __init__(self):
+        import importlib
+
+        ph = importlib.import_module("pyhessian.hessian")  # the module (the package re-exports the class)
+        self.ph, self.orig, self.log = ph, ph.hessian_vector_product, []
+
+    def __enter__(self):
+        def wrapped(gradsH, params, v):
+            hv = self.orig(gradsH, params, v)
+            fv = torch.cat([t.reshape(-1) for t in v]).double()
+            fh = torch.cat([t.reshape(-1) for t in hv]).double()
+            theta = float(fv @ fh) / float(fv @ fv)
+            self.log.append((theta, float((fh - theta * fv).norm() / fv.norm())))
+            return hv
+
+        self.ph.hessian_vector_product = wrapped
+        return self
+
+    def __exit__(self, *exc):
+        self.ph.hessian_vector_product = self.orig
+
+    def first_pass(self, tau: float) -> int | None:
+        return next((i + 1 for i, (th, r) in enumerate(self.log) if r <= tau * abs(th)), None)
+
+
+def _residual(obj, theta: float, v: torch.Tensor) -> float:
+    v = v.reshape(-1).to(obj.device, obj.dtype)
+    v = v / v.norm()
+    return float((obj.hvp(v) - theta * v).norm())
+
+
+def residual_comparison(args) -> None:
+    """Top eigenvalue, htsr vs PyHessian, at equal residual-checked accuracy (see the module docstring)."""
+    from pyhessian import hessian
+
+    from htsr.landscape.hessian import top_eigenvalues
+    from htsr.landscape.objective import Objective
+
+    taus = [float(t) for t in args.taus.split(",")]
+    cases = [(f"digits CNN w{args.width}", *build(args.width), 1000)]
+    cases += [(f"MLP seed {s}", *close_pair_mlp(s), 4000) for s in (17, 18, 21)]
+    print("top eigenvalue at equal residual-checked accuracy ||Hv - theta v|| <= tau |theta| "
+          f"({args.repeats} seeds per case, float32, cpu, {args.threads} thread(s))")
+    hdr = (f"{'case':16s} {'tau':>6s} {'method':26s} {'HVPs':>7s} {'median s':>9s} {'passes':>7s} "
+           f"{'|rel err|':>9s}")
+    totals: dict[tuple, list] = {}
+    for name, model, batch, cap in cases:
+        ref_obj = Objective(model, batch)
+        lam = float(top_eigenvalues(Objective(__import__("copy").deepcopy(model).double(),
+                                              (batch[0].double(), batch[1])), 1, tol=1e-9, max_iter=400)
+                    .eigenvalues[0])
+        print(f"\n{name}: {ref_obj.dim} parameters, reference top eigenvalue {lam:.6g} (float64 Lanczos, "
+              "residual 1e-9)")
+        print(hdr)
+        for tau in taus:
+            rows: dict[str, list] = {}
+            for s in range(args.repeats):
+                for method in ("lanczos", "power"):
+                    t0 = time.perf_counter()
+                    r = top_eigenvalues(Objective(model, batch), 1, method=method, tol=tau, seed=s,
+                                        max_iter=cap if method == "power" else 100)
+                    t = time.perf_counter() - t0
+                    ok = _residual(ref_obj, float(r.eigenvalues[0]), r.eigenvectors[0]) <= tau * abs(
+                        r.eigenvalues[0]) * (1 + 1e-4)
+                    rows.setdefault(f"htsr {method}", []).append((r.n_matvecs, t, ok, r.eigenvalues[0]))
+                torch.manual_seed(s)
+                with _CountingHVP() as c:
+                    t0 = time.perf_counter()
+                    h = hessian(model, nn.CrossEntropyLoss(), data=batch, cuda=False)
+                    vals, vecs = h.eigenvalues(maxIter=100, tol=tau, top_n=1)
+                    t = time.perf_counter() - t0
+                v = torch.cat([x.reshape(-1) for x in vecs[0]])
+                ok = _residual(ref_obj, float(vals[0]), v) <= tau * abs(vals[0]) * (1 + 1e-4)
+                rows.setdefault("PyHessian own rule", []).append((len(c.log), t, ok, vals[0]))
+                torch.manual_seed(s)
+                with _CountingHVP() as c:
+                    h = hessian(model, nn.CrossEntropyLoss(), data=batch, cuda=False)
+                    h.eigenvalues(maxIter=cap, tol=0.0, top_n=1)
+                k = c.first_pass(tau)
+                if k is None:
+                    rows.setdefault("PyHessian at equal residual", []).append((float("nan"), float("nan"), False,
+                                                                               float("nan")))
+                else:
+                    torch.manual_seed(s)
+                    t0 = time.perf_counter()
+                    h = hessian(model, nn.CrossEntropyLoss(), data=batch, cuda=False)
+                    vals, _ = h.eigenvalues(maxIter=k, tol=0.0, top_n=1)
+                    t = time.perf_counter() - t0
+                    th = c.log[k - 1][0]
+                    rows.setdefault("PyHessian at equal residual", []).append((k, t, True, th))
+                model.zero_grad(set_to_none=True)
+            for m, v in rows.items():
+                ns, ts, oks, vals = zip(*v, strict=True)
+                errs = [abs(x / lam - 1) for x in vals]
+                print(f"{name:16s} {tau:6.0e} {m:26s} {np.nanmean(ns):7.1f} {np.nanmedian(ts):9.4f} "
+                      f"{sum(oks)}/{len(oks):<5d} {np.nanmax(errs):9.1e}")
+                totals.setdefault((name, tau, m), []).extend(v)
+            a, b = rows["PyHessian at equal residual"], rows["htsr lanczos"]
+            print(f"{'':16s} {'':6s} -> Lanczos vs PyHessian at equal residual: "
+                  f"{np.nanmean([x[0] for x in a]) / np.mean([x[0] for x in b]):.2f}x fewer products, "
+                  f"{np.nanmedian([x[1] for x in a]) / np.median([x[1] for x in b]):.2f}x less time")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
@@ -199,6 +326,9 @@ def main() -> int:
     ap.add_argument("--weights", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--memory-only", action="store_true", help="only the peak-RSS comparison")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda: where both libraries run")
+    ap.add_argument("--residual", action="store_true",
+                    help="only the top-eigenvalue comparison at equal residual-checked accuracy")
+    ap.add_argument("--taus", default="1e-2,1e-3", help="residual tolerances for --residual (default 1e-2,1e-3)")
     ap.add_argument("--hutchpp-budgets", default="",
                     help="extra Hutch++ product budgets to time, e.g. 12,15,21 (the equal-accuracy comparison)")
     args = ap.parse_args()
@@ -211,6 +341,9 @@ def main() -> int:
         worker(args.worker, args.width, args.threads, args.weights)
         return 0
     torch.set_num_threads(args.threads)
+    if args.residual:
+        residual_comparison(args)
+        return 0
     model, batch = build(args.width)
     if args.device != "cpu":
         torch.backends.cuda.matmul.allow_tf32 = False  # float32 as on the CPU (PyHessian's own setting)
