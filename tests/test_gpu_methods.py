@@ -136,7 +136,7 @@ def test_tempbalance_on_cuda_sets_the_same_rates():
                                     "subnet", "balanced_subnet"])
 def test_unlearning_runs_on_cuda(method):
     from htsr.memorization.metrics import greedy_generate
-    from htsr.memorization.models import make_model
+    from htsr.memorization.testbed import make_model
     from htsr.memorization.unlearning import unlearn
 
     g = torch.Generator().manual_seed(0)

@@ -15,6 +15,7 @@ from htsr.memorization.data import (
     preset_config,
     sequence_values,
 )
+from htsr.errors import ConfigError
 from htsr.memorization.errors import MemorizationError
 from htsr.memorization.tokenizer import math_tokenizer
 
@@ -107,13 +108,15 @@ def test_bad_configs_have_clear_errors():
         TinyMemConfig(**{**SMALL, "prompt_len": 40})
     with pytest.raises(MemorizationError, match="exceeds the sequence length"):
         TinyMemConfig(**{**SMALL, "prompt_len": 30, "k": 20})
-    with pytest.raises(MemorizationError, match="unknown task"):
+    with pytest.raises(ConfigError, match="unknown task 'exp'; expected one of increment, mult"):
         TinyMemConfig(task="exp")
+    with pytest.raises(ConfigError, match="max_ctx must be an integer, got 'abc'"):
+        TinyMemConfig.from_dict({"max_ctx": "abc"})
     with pytest.raises(MemorizationError, match="unknown preset"):
         preset_config("huge")
     with pytest.raises(MemorizationError, match="n_noise"):
         TinyMemConfig(**{**SMALL, "n_noise": 0})
-    with pytest.raises(MemorizationError, match="unknown TinyMem config key"):
+    with pytest.raises(ConfigError, match="unknown option.*'nope'; valid: .*n_noise"):
         TinyMemConfig.from_dict({"nope": 1})
     assert TinyMemConfig.from_dict(TinyMemConfig(**SMALL).to_dict()) == TinyMemConfig(**SMALL)
 

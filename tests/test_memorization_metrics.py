@@ -18,7 +18,7 @@ from htsr.memorization.metrics import (
     measure,
     noise_memorization,
 )
-from htsr.memorization.models import make_model
+from htsr.memorization.testbed import make_model
 from htsr.memorization.training import train_testbed
 
 SMALL = dict(n_main=300, n_aux=120, n_test=30, n_noise=30, length=6, max_ctx=40, prompt_len=10, k=12, aux_ks=(2,))

@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from htsr.errors import ConfigError
 from htsr.memorization.data import TinyMemConfig, make_math_data
 from htsr.memorization.errors import MemorizationError
 from htsr.memorization.finetune import finetune, finetune_data
-from htsr.memorization.models import find_mlps, load_testbed, make_model, save_testbed
+from htsr.memorization.mlp import find_mlps
+from htsr.memorization.testbed import load_testbed, make_model, save_testbed
 from htsr.memorization.regularizers import ExampleTiedDropout, LossTruncation, SpectralNormPenalty, make_regularizer
 from htsr.memorization.training import make_optimizer, train_testbed
 
@@ -41,7 +43,7 @@ def test_spectral_penalty_power_iteration_converges_to_sigma_max(torch_one_threa
     assert float(p.detach()) == pytest.approx(float(sum(sig)), rel=1e-3)  # lam/2 = 1
     p.backward()
     assert m.transformer.h[0].mlp.c_fc.weight.grad is not None
-    with pytest.raises(MemorizationError, match="lambda"):
+    with pytest.raises(ConfigError, match="lam must be a finite number in \\(0, inf\\]"):
         SpectralNormPenalty(m, lam=0)
 
 
@@ -55,7 +57,7 @@ def test_loss_truncation_drops_the_top_fraction_after_warmup():
     assert lt.cutoff == pytest.approx(np.percentile(lt.vals, 90))
     assert torch.equal(keep, (batch < lt.cutoff).double())
     assert 0.02 < 1 - float(keep.mean()) < 0.25
-    with pytest.raises(MemorizationError, match="dropc"):
+    with pytest.raises(ConfigError, match="dropc"):
         LossTruncation(dropc=1.0)
 
 
@@ -108,9 +110,9 @@ def test_regularized_training_finetune_and_checkpoint_roundtrip(tmp_path, torch_
     assert float(popt2.state[next(iter(popt2.state))]["step"]) == steps0 + 2 * 3  # AdamW state resumed
     with pytest.raises(MemorizationError, match="unknown fine-tuning variant"):
         finetune_data(d, "dirty")
-    with pytest.raises(MemorizationError, match="unknown regularizer"):
+    with pytest.raises(ConfigError, match="unknown regularizer"):
         make_regularizer("weight_decay", m, 10)
-    with pytest.raises(MemorizationError, match=r"takes no hyper-parameter\(s\) \['lamda'\]"):
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) for spectral_norm 'lamda'; valid: lam"):
         make_regularizer("spectral_norm", m, 10, lamda=5)  # a typo is an error, not the default
     # loss truncation's default window is half an epoch of this (small) set, so it really drops sequences
     lt = make_regularizer("loss_truncation", make_model(1, max_ctx=32, n_embd=32, n_head=2), d.train.shape[0])

@@ -8,8 +8,11 @@ import pytest
 import torch
 from torch import nn
 
+from htsr.errors import ConfigError
+from htsr.memorization.config import SubnetConfig
 from htsr.memorization.errors import MemorizationError
-from htsr.memorization.models import find_mlps, mlp_param_names, out_in_weight
+from htsr.memorization.mlp import find_mlps, mlp_param_names
+from htsr.nn import weight_2d
 from htsr.memorization.unlearning import METHODS, NEURON_METHODS, unlearn
 from htsr.memorization.unlearning import neuron as N
 from htsr.memorization.unlearning.common import edit_activations, seq_ce
@@ -20,7 +23,7 @@ FAST = {"slimming": {"epochs": 2}, "hard_concrete": {"epochs": 2}, "integrated_g
 
 
 def _gpt2(seed=0):
-    from htsr.memorization.models import make_model
+    from htsr.memorization.testbed import make_model
 
     return make_model(2, max_ctx=16, n_embd=32, n_head=2, seed=seed)
 
@@ -75,7 +78,7 @@ def test_every_method_on_every_family_changes_only_what_it_reports(build, torch_
                 idx = rep.neurons[mlp.down_name]
                 assert len(idx) == max(1, int(0.05 * mlp.n_neurons))
                 for mod in mlp.ups.values():
-                    assert bool((out_in_weight(mod)[idx] == 0).all())
+                    assert bool((weight_2d(mod)[idx] == 0).all())
         else:
             scope = set(mlp_param_names(model, mlps)) if method != "greedy" else set(before)
             assert changed <= scope, (method, changed - scope)
@@ -134,7 +137,7 @@ def test_bad_input_leaves_the_model_untouched(torch_one_thread):
     model = _gpt2()
     before = _snapshot(model)
     for ratio in (0.0, 1.0, -0.2, 1.5, float("nan")):
-        with pytest.raises(MemorizationError, match=r"ratio must be in \(0, 1\)"):
+        with pytest.raises(ConfigError, match=r"ratio must be a finite number in \(0, 1\)"):
             unlearn(model, "balanced_subnet", forget, retain, ratio=ratio)
     with pytest.raises(MemorizationError, match="forget set is empty"):
         unlearn(model, "durable", forget[:0], ratio=0.1)
@@ -142,10 +145,14 @@ def test_bad_input_leaves_the_model_untouched(torch_one_thread):
         unlearn(model, "balanced_subnet", forget, None, ratio=0.1)
     with pytest.raises(MemorizationError, match="prompt length 16"):
         unlearn(model, "activations", forget, ratio=0.1, prompt_len=16)
-    with pytest.raises(MemorizationError, match="unknown unlearning method"):
+    with pytest.raises(ConfigError, match="unknown unlearning method"):
         unlearn(model, "forget_everything", forget, ratio=0.1)
-    with pytest.raises(MemorizationError, match="takes no hyper-parameter"):
+    with pytest.raises(ConfigError, match="unknown option.*for durable 'epochs'; valid: batch_size, ratio"):
         unlearn(model, "durable", forget, ratio=0.1, epochs=3)
+    with pytest.raises(ConfigError, match="epochs must be an integer >= 1"):
+        unlearn(model, "slimming", forget, ratio=0.1, epochs=0)
+    with pytest.raises(MemorizationError, match="not the config of 'durable'"):
+        unlearn(model, "durable", forget, config=SubnetConfig())
     with pytest.raises(MemorizationError, match="token ids must be in"):
         unlearn(model, "durable", forget + 20, ratio=0.1)
     after = model.state_dict()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,50 +21,64 @@ import numpy as np
 import pandas as pd
 import torch
 
-from htsr.memorization.data import TinyMemConfig, TinyMemData, make_math_data
+from htsr.errors import HtsrError, MeasurementError
+from htsr.memorization.config import (
+    COMPARISON_OVERRIDES,
+    FINETUNING,
+    REGULARIZERS,
+    UNLEARNING,
+    FinetuneConfig,
+    MitigationConfig,
+    RegularizerConfig,
+    TinyMemConfig,
+    UnlearnConfig,
+    mitigation_config,
+)
+from htsr.memorization.data import TinyMemData, make_math_data
 from htsr.memorization.errors import MemorizationError
-from htsr.memorization.finetune import FINETUNE_VARIANTS, finetune
+from htsr.memorization.finetune import finetune
 from htsr.memorization.metrics import Measurement, forget_set, measure
-from htsr.memorization.models import make_model
-from htsr.memorization.regularizers import REGULARIZERS, make_regularizer
+from htsr.memorization.regularizers import make_regularizer
+from htsr.memorization.testbed import make_model
 from htsr.memorization.training import BATCH_SIZE, train_testbed
-from htsr.memorization.unlearning import METHODS as UNLEARNING_METHODS
-from htsr.memorization.unlearning import NEURON_METHODS, unlearn
+from htsr.memorization.unlearning import unlearn
 
 log = logging.getLogger(__name__)
 
-FINETUNE_METHODS = tuple(f"finetune_{v}" for v in FINETUNE_VARIANTS)
-ALL_METHODS = (*REGULARIZERS, *FINETUNE_METHODS, *UNLEARNING_METHODS)
+FINETUNE_METHODS = FINETUNING.names()
+UNLEARNING_METHODS = UNLEARNING.names()
+ALL_METHODS = (*REGULARIZERS.names(), *FINETUNE_METHODS, *UNLEARNING_METHODS)
 
-#: Default hyper-parameters of the comparison (the reference's best toy settings where known; ratios from its grid).
-DEFAULT_HP: dict[str, dict[str, Any]] = {
-    "spectral_norm": {"lam": 0.01},
-    "loss_truncation": {"dropc": 0.05},
-    "example_tied_dropout": {"p_fixed": 0.2, "p_mem": 0.1},
-    "zero_out": {"ratio": 0.05},
-    "activations": {"ratio": 0.05},
-    "slimming": {"ratio": 0.05, "epochs": 10},
-    "hard_concrete": {"ratio": 0.05, "epochs": 10},
-    "integrated_gradients": {"ratio": 0.05, "ig_steps": 10},
-    "greedy": {"ratio": 1e-3},
-    "durable": {"ratio": 0.01},
-    "durable_agg": {"ratio": 0.01},
-    "second_order": {"ratio": 0.01},
-    "subnet": {"ratio": 0.3, "epochs": 10},
-    "balanced_subnet": {"ratio": 0.3, "epochs": 10, "loss_weighting": 0.7},
-}
+__all__ = ["ALL_METHODS", "COMPARISON_OVERRIDES", "ComparisonFailed", "Testbed", "apply_method", "comparison_configs",
+           "family", "markdown_table", "plot_comparison", "run_comparison", "train_base"]
 
 
 def family(method: str) -> str:
-    if method in REGULARIZERS:
-        return "regularizer"
-    if method in FINETUNE_METHODS:
-        return "fine-tuning"
-    if method in UNLEARNING_METHODS:
-        return "unlearning"
+    """"regularizer", "fine-tuning", "unlearning" or "base"."""
     if method == "base":
         return "base"
-    raise MemorizationError(f"unknown method {method!r}; expected one of {', '.join(ALL_METHODS)}")
+    return type(mitigation_config(method)).family
+
+
+def comparison_configs(methods: Sequence[str], overrides: Mapping[str, Mapping[str, Any]] | None = None
+                       ) -> dict[str, MitigationConfig]:
+    """Each method's config as the comparison runs it: the method defaults, then the comparison's named
+    :data:`~htsr.memorization.config.COMPARISON_OVERRIDES`, then ``overrides`` (method -> {field: value}).
+    Every config is built (and checked) here, before any training."""
+    overrides = dict(overrides or {})
+    stray = sorted(set(overrides) - set(methods))
+    if stray:
+        raise MemorizationError(f"settings given for {', '.join(map(repr, stray))}, which is not among the methods "
+                                f"run ({', '.join(methods)})")
+    return {m: mitigation_config(m, {**COMPARISON_OVERRIDES.get(m, {}), **overrides.get(m, {})}) for m in methods}
+
+
+class ComparisonFailed(MeasurementError):
+    """Every method of a comparison failed; ``table`` holds the rows (with each ``error``)."""
+
+    def __init__(self, message: str, table: pd.DataFrame) -> None:
+        super().__init__(message)
+        self.table = table
 
 
 @dataclass
@@ -83,9 +97,10 @@ class Testbed:
 
 
 def train_base(config: TinyMemConfig, n_layer: int, epochs: int, *, batch_size: int = BATCH_SIZE, seed: int = 0,
-               regularizer: str | None = None, reg_hp: dict | None = None, progress: bool | None = None,
-               data: TinyMemData | None = None, device: str | None = None) -> Testbed:
-    """Build the data, train a fresh model (optionally with a regularizer) and measure it."""
+               regularizer: str | RegularizerConfig | None = None, reg_hp: dict | None = None,
+               progress: bool | None = None, data: TinyMemData | None = None, device: str | None = None,
+               lr: float = 1e-3) -> Testbed:
+    """Build the data, train a fresh model (optionally with a regularizer, by name or config) and measure it."""
     data = data or make_math_data(config)
     model = make_model(n_layer, vocab_size=data.tokenizer.vocab_size, max_ctx=data.max_ctx, seed=seed)
     if device is not None:
@@ -93,7 +108,7 @@ def train_base(config: TinyMemConfig, n_layer: int, epochs: int, *, batch_size: 
     reg = make_regularizer(regularizer, model, data.train.shape[0], seed, **(reg_hp or {})) if regularizer else None
     t0 = time.perf_counter()
     res, opt = train_testbed(model, data.train, epochs, batch_size=batch_size, seed=seed, regularizer=reg,
-                             progress=progress)
+                             progress=progress, lr=lr)
     dt = time.perf_counter() - t0
     if reg is not None:
         model._htsr_regularizer_extra = reg.to_extra()
@@ -112,55 +127,84 @@ def _row(method: str, before: Measurement, after: Measurement, time_s: float, **
     return row
 
 
-def apply_method(base: Testbed, method: str, *, hp: dict[str, Any] | None = None, ft_epochs: int = 5,
-                 retain_size: int | None = None, forget: torch.Tensor | None = None,
-                 progress: bool | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Apply one mitigation to (a copy of) the base test-bed; returns (new model, table row)."""
-    fam = family(method)
-    hp = {**DEFAULT_HP.get(method, {}), **(hp or {})}
+def _retain(data: TinyMemData, retain_size: int | None, seed: int) -> torch.Tensor:
+    retain = data.retain
+    if retain_size is None:
+        return retain
+    if not isinstance(retain_size, int) or isinstance(retain_size, bool) or retain_size < 1:
+        raise MemorizationError(f"retain_size must be an integer >= 1 (a number of retain sequences), "
+                                f"got {retain_size!r}")
+    if retain_size < retain.shape[0]:
+        g = torch.Generator().manual_seed(seed)
+        retain = retain[torch.randperm(retain.shape[0], generator=g)[:retain_size]]
+    return retain
+
+
+def apply_method(base: Testbed, method: str, *, config: MitigationConfig | None = None,
+                 hp: Mapping[str, Any] | None = None, retain_size: int | None = None,
+                 forget: torch.Tensor | None = None, progress: bool | None = None
+                 ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Apply one mitigation to (a copy of) the base test-bed; returns (new model, table row).
+
+    Settings: ``config`` (the method's config; default: its defaults) with ``hp`` overrides. Fine-tuning batches
+    as the base model was trained unless its config says otherwise; Activations and Integrated Gradients take the
+    data's prompt length unless ``prompt_len`` is given."""
+    cfg = config if config is not None else mitigation_config(method)
+    if cfg.method != method:
+        raise MemorizationError(f"config {type(cfg).__name__} is not the config of {method!r}")
+    cfg = cfg.replace(**hp) if hp else cfg
+    if "prompt_len" in cfg.field_names() and cfg.prompt_len is None:
+        cfg = cfg.replace(prompt_len=base.data.prompt_len)
     data = base.data
     t0 = time.perf_counter()
-    extra: dict[str, Any] = {"settings": dict(hp)}
-    if fam == "regularizer":
+    extra: dict[str, Any] = {"settings": cfg.to_dict()}
+    if isinstance(cfg, RegularizerConfig):
         tb = train_base(data.config, base.model.config.n_layer, base.epochs, batch_size=base.batch_size,
-                        seed=base.seed, regularizer=method, reg_hp=hp, progress=progress, data=data,
+                        seed=base.seed, regularizer=cfg, progress=progress, data=data,
                         device=str(next(base.model.parameters()).device))
         return tb.model, _row(method, base.measurement, tb.measurement, tb.train_time_s, **extra)
     model = copy.deepcopy(base.model)
-    if fam == "fine-tuning":
-        if hp:
-            raise MemorizationError(f"{method} takes no hyper-parameters (got {sorted(hp)}); its epochs are "
-                                    "ft_epochs (--ft-epochs)")
+    if isinstance(cfg, FinetuneConfig):
         opt = torch.optim.AdamW(model.parameters())
         opt.load_state_dict(copy.deepcopy(base.optimizer.state_dict()))
-        finetune(model, data, method.removeprefix("finetune_"), optimizer=opt, epochs=ft_epochs,
-                 batch_size=base.batch_size, seed=base.seed, progress=progress)
-        extra["settings"] = {"epochs": ft_epochs}
+        cfg = cfg if cfg.batch_size is not None else cfg.replace(batch_size=base.batch_size)
+        extra["settings"] = cfg.to_dict()
+        finetune(model, data, method, optimizer=opt, config=cfg, seed=base.seed, progress=progress)
     else:
+        assert isinstance(cfg, UnlearnConfig)
         if forget is None:
             forget = forget_set(data, base.measurement)
-        retain = data.retain
-        if retain_size is not None and retain_size < retain.shape[0]:
-            g = torch.Generator().manual_seed(base.seed)
-            retain = retain[torch.randperm(retain.shape[0], generator=g)[:retain_size]]
-        hp = dict(hp)
-        ratio = hp.pop("ratio")
-        if method in ("activations", "integrated_gradients"):
-            hp.setdefault("prompt_len", data.prompt_len)
-        rep = unlearn(model, method, forget, retain, ratio=ratio, seed=base.seed, **hp)
+        retain = _retain(data, retain_size, base.seed)
+        rep = unlearn(model, method, forget, retain, seed=base.seed, config=cfg)
         extra.update(n_changed=rep.n_changed, n_forget=int(forget.shape[0]), n_retain=int(retain.shape[0]),
-                     changed_kind="neurons" if method in NEURON_METHODS else "weights")
+                     changed_kind="neurons" if cfg.kind == "neuron" else "weights")
     dt = time.perf_counter() - t0
     return model, _row(method, base.measurement, measure(model, data), dt, **extra)
 
 
-def run_comparison(base: Testbed, methods: Sequence[str] = ALL_METHODS, *, hp: dict[str, dict] | None = None,
-                   ft_epochs: int = 5, retain_size: int | None = None, progress: bool | None = None,
-                   on_row: Any = None) -> pd.DataFrame:
-    """One row per method (plus the base model's row); ``on_row(row)`` is called after each method."""
+def _failed_row(base: Testbed, method: str, error: str, settings: dict[str, Any]) -> dict[str, Any]:
+    return {"method": method, "family": family(method), "mem_before": base.measurement.perc_memorized,
+            "acc_before": base.measurement.mean_accuracy, "error": error, "settings": settings}
+
+
+def run_comparison(base: Testbed, methods: Sequence[str] = ALL_METHODS, *,
+                   configs: Mapping[str, MitigationConfig] | None = None,
+                   hp: Mapping[str, Mapping[str, Any]] | None = None, retain_size: int | None = None,
+                   progress: bool | None = None, on_row: Any = None) -> pd.DataFrame:
+    """One row per method (plus the base model's row); ``on_row(row)`` is called after each method.
+
+    Settings: ``configs`` (method -> config), else :func:`comparison_configs` (method defaults, the comparison's
+    overrides, then ``hp``). A method that fails gets a row with its ``error`` and the others still run; when
+    every method fails, :class:`~htsr.errors.MeasurementError` names the failures (the rows are passed to
+    ``on_row`` first)."""
+    methods = list(methods)
+    if not methods:
+        raise MemorizationError(f"no method to compare; expected some of {', '.join(ALL_METHODS)}")
     unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:
         raise MemorizationError(f"unknown method(s) {unknown}; expected some of {', '.join(ALL_METHODS)}")
+    cfgs = dict(configs) if configs is not None else comparison_configs(methods, hp)
+    retain_size = _retain(base.data, retain_size, base.seed).shape[0] if retain_size is not None else None
     rows = [_row("base", base.measurement, base.measurement, base.train_time_s, settings={"epochs": base.epochs})]
     forget, no_forget = None, None
     if any(family(m) == "unlearning" for m in methods):
@@ -169,26 +213,27 @@ def run_comparison(base: Testbed, methods: Sequence[str] = ALL_METHODS, *, hp: d
         except MemorizationError as e:  # nothing memorized: unlearning rows say why, the others still run
             no_forget = str(e)
             log.warning("tinymem compare: %s", e)
+    failures = []
     for m in methods:
         log.info("tinymem compare: %s", m)
+        cfg = cfgs.get(m) or mitigation_config(m)
         if family(m) == "unlearning" and forget is None:
-            row = {"method": m, "family": "unlearning", "mem_before": base.measurement.perc_memorized,
-                   "acc_before": base.measurement.mean_accuracy, "error": no_forget, "settings": {}}
-            rows.append(row)
-            if on_row is not None:
-                on_row(row)
-            continue
-        try:
-            _, row = apply_method(base, m, hp=(hp or {}).get(m), ft_epochs=ft_epochs, retain_size=retain_size,
-                                  forget=forget, progress=progress)
-        except (MemorizationError, RuntimeError, ValueError) as e:  # one failed method does not lose the others
-            log.error("tinymem compare: %s failed: %s", m, e)
-            row = {"method": m, "family": family(m), "mem_before": base.measurement.perc_memorized,
-                   "acc_before": base.measurement.mean_accuracy, "error": f"{type(e).__name__}: {e}", "settings": {}}
+            row = _failed_row(base, m, str(no_forget), cfg.to_dict())
+        else:
+            try:
+                _, row = apply_method(base, m, config=cfg, retain_size=retain_size, forget=forget, progress=progress)
+            except (HtsrError, RuntimeError, ValueError) as e:  # one failed method does not lose the others
+                log.error("tinymem compare: %s failed: %s", m, e)
+                row = _failed_row(base, m, f"{type(e).__name__}: {e}", cfg.to_dict())
+        if row.get("error"):
+            failures.append(f"{m} ({row['error']})")
         rows.append(row)
         if on_row is not None:
             on_row(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    if len(failures) == len(methods):
+        raise ComparisonFailed(f"every method failed: {'; '.join(failures)}", table)
+    return table
 
 
 def plot_comparison(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:

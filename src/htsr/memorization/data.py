@@ -20,102 +20,20 @@ the retain set never contains the artifact sequences (the reference's "mem" mode
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from htsr.memorization.config import ARTIFACTS, TASKS, TinyMemConfig, check_fractions, check_prompt
 from htsr.memorization.errors import MemorizationError
 from htsr.memorization.tokenizer import CharTokenizer, math_tokenizer
 
-TASKS = ("increment", "mult")
-ARTIFACTS = ("noise", "backdoor")
+__all__ = ["ARTIFACTS", "BACKDOOR_TOKEN", "MODULUS", "PRESETS", "TASKS", "TinyMemConfig", "TinyMemData",
+           "apply_backdoor", "find_trigger", "make_language_data", "make_math_data", "preset_config"]
+
 BACKDOOR_TOKEN = 2
 MODULUS = 20134
-
-
-@dataclass
-class TinyMemConfig:
-    """Every setting of the math test-bed (defaults: the reference's; see :data:`PRESETS` for the CPU size)."""
-
-    task: str = "increment"
-    artifact: str = "noise"
-    main_k: int = 7
-    aux_ks: tuple[int, ...] = (2, 3, 4, 5)
-    n_main: int = 20000
-    n_aux: int = 3000
-    n_test: int = 1000
-    n_noise: int = 1000
-    length: int = 20
-    max_ctx: int = 150
-    prompt_len: int = 50
-    k: int = 50
-    noise_p: float = 0.05
-    dup: tuple[int, ...] | None = None
-    trigger: str | None = None
-    backdoor_test_frac: float = 0.1
-    seed: int = 0
-    data_seed: int = 598
-
-    def __post_init__(self) -> None:
-        self.aux_ks = tuple(int(x) for x in self.aux_ks)
-        if self.dup is not None:
-            self.dup = tuple(int(x) for x in self.dup)
-        self.validate()
-
-    @property
-    def trigger_text(self) -> str:
-        return self.trigger if self.trigger is not None else str(100 + self.seed)
-
-    def validate(self) -> None:
-        if self.task not in TASKS:
-            raise MemorizationError(f"unknown task {self.task!r}; expected one of {', '.join(TASKS)}")
-        if self.artifact not in ARTIFACTS:
-            raise MemorizationError(f"unknown artifact {self.artifact!r}; expected one of {', '.join(ARTIFACTS)}")
-        check_prompt(self.prompt_len, self.k, self.max_ctx)
-        if self.n_test < 1 or self.n_main <= self.n_test or (self.aux_ks and self.n_aux <= self.n_test):
-            raise MemorizationError(f"each task needs more sequences than n_test={self.n_test} (n_main={self.n_main}, "
-                                    f"n_aux={self.n_aux})")
-        if self.artifact == "noise" and not 0 < self.n_noise < self.n_main - self.n_test:
-            raise MemorizationError(f"n_noise must be in (0, {self.n_main - self.n_test}) (the main training set), "
-                                    f"got {self.n_noise}")
-        check_fractions(self.noise_p, self.backdoor_test_frac)
-        if self.dup is not None and (not self.dup or min(self.dup) < 1 or len(self.dup) > self.n_noise):
-            raise MemorizationError(f"dup must list repeat counts >= 1 (at most n_noise groups), got {self.dup}")
-        if not self.trigger_text.isdigit():
-            raise MemorizationError(f"the math backdoor trigger must be a digit string, got {self.trigger_text!r}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TinyMemConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise MemorizationError(f"unknown TinyMem config key(s) {unknown}")
-        return cls(**d)
-
-
-def check_fractions(noise_p: float, backdoor_test_frac: float) -> None:
-    """A clear error unless ``0 < noise_p < 0.5`` and ``0 < backdoor_test_frac < 1``."""
-    if not 0 < noise_p < 0.5:
-        raise MemorizationError(f"noise_p must be in (0, 0.5), got {noise_p}")
-    if not 0 < backdoor_test_frac < 1:
-        raise MemorizationError(f"backdoor_test_frac must be in (0, 1), got {backdoor_test_frac}")
-
-
-def check_prompt(prompt_len: int, k: int, max_ctx: int) -> None:
-    """A clear error unless ``0 < prompt_len`` and ``prompt_len + k <= max_ctx`` (the checked window fits)."""
-    if prompt_len < 1 or k < 1:
-        raise MemorizationError(f"prompt_len and k must be >= 1, got prompt_len={prompt_len}, k={k}")
-    if prompt_len >= max_ctx:
-        raise MemorizationError(f"prompt length {prompt_len} is not shorter than the sequence ({max_ctx} tokens); "
-                                "expected prompt_len < max_ctx")
-    if prompt_len + k > max_ctx:
-        raise MemorizationError(f"prompt_len + k = {prompt_len + k} exceeds the sequence length {max_ctx}; the "
-                                "checked continuation must fit in the sequence")
 
 
 #: Named sizes. "paper" is the reference (20 numbers, 150-token context, 20k main sequences); "cpu" is a

@@ -25,8 +25,10 @@ import torch
 from torch import nn
 
 from htsr.devices import model_device
-from htsr.memorization.data import BACKDOOR_TOKEN, TinyMemData, check_prompt, find_trigger
+from htsr.memorization.config import check_prompt
+from htsr.memorization.data import BACKDOOR_TOKEN, TinyMemData, find_trigger
 from htsr.memorization.errors import MemorizationError
+from htsr.nn import eval_mode
 
 
 def _cache_of(out: Any) -> Any:
@@ -44,12 +46,10 @@ def greedy_generate(model: nn.Module, prompts: torch.Tensor, n_new: int, batch_s
     if n_pos is not None and prompts.shape[1] + n_new > n_pos:
         raise MemorizationError(f"prompt length {prompts.shape[1]} + {n_new} new tokens exceeds the model's "
                                 f"{n_pos} positions")
-    was = model.training
-    model.eval()
     dev = model_device(model)
     cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     outs = []
-    try:
+    with eval_mode(model):
         for s in range(0, prompts.shape[0], batch_size):
             ids = prompts[s:s + batch_size].to(dev)
             out = model(input_ids=ids, use_cache=True)
@@ -64,8 +64,6 @@ def greedy_generate(model: nn.Module, prompts: torch.Tensor, n_new: int, batch_s
                 past = _cache_of(out)
                 nxt = out.logits[:, -1].argmax(-1, keepdim=True)
             outs.append(torch.cat(toks, dim=1).cpu())
-    finally:
-        model.train(was)
     return torch.cat(outs) if outs else prompts.new_zeros((0, prompts.shape[1] + n_new))
 
 
@@ -133,12 +131,10 @@ def accuracy_perplexity(model: nn.Module, ids: torch.Tensor, pad_id: int | None 
     """Teacher-forced next-token accuracy (%) and perplexity (mean over batches of exp(mean CE))."""
     if ids.ndim != 2 or ids.shape[0] == 0:
         raise MemorizationError(f"evaluation ids must be a non-empty (n, seq_len) tensor, got {tuple(ids.shape)}")
-    was = model.training
-    model.eval()
     dev = model_device(model)
     correct = total = 0
     ppls = []
-    try:
+    with eval_mode(model):
         for s in range(0, ids.shape[0], batch_size):
             x = ids[s:s + batch_size].to(dev)
             logits = model(input_ids=x).logits[:, :-1].float()
@@ -148,8 +144,6 @@ def accuracy_perplexity(model: nn.Module, ids: torch.Tensor, pad_id: int | None 
             ppls.append(float(torch.exp(ce[mask.reshape(-1)].mean())))
             correct += int(((logits.argmax(-1) == y) & mask).sum())
             total += int(mask.sum())
-    finally:
-        model.train(was)
     return 100.0 * correct / max(total, 1), float(np.mean(ppls))
 
 

@@ -28,38 +28,43 @@ import numpy as np
 import torch
 from torch import nn
 
+from htsr.memorization.config import (
+    REGULARIZERS,
+    ExampleTiedDropoutConfig,
+    LossTruncationConfig,
+    RegularizerConfig,
+    SpectralNormConfig,
+)
 from htsr.memorization.errors import MemorizationError
-from htsr.memorization.models import out_in_weight
 from htsr.memorization.training import lm_losses
+from htsr.nn import Layout, LayoutError, find_layout, weight_2d
 from htsr.training import Callback
 
+__all__ = ["ExampleTiedDropout", "LossTruncation", "REGULARIZERS", "SpectralNormPenalty", "make_regularizer",
+           "reattach"]
 
-def _blocks(model: nn.Module) -> tuple[str, list[nn.Module], dict[str, nn.Module]]:
-    from htsr.nn import LayoutError, find_layout
 
+def _layout(model: nn.Module) -> Layout:
     try:
-        layout = find_layout(model)
+        return find_layout(model)
     except LayoutError as e:
         raise MemorizationError(str(e)) from None
-    mats = {n: m for blk in layout.layers for n, m in blk.items()}
-    return layout.blocks_path, layout.blocks, mats
 
 
 class SpectralNormPenalty:
     """Loss = mean LM loss + (lam / 2) * sum of sigma_max over the blocks' weight matrices (see module doc)."""
 
-    def __init__(self, model: nn.Module, lam: float = 0.01, seed: int = 0):
-        if not lam > 0:
-            raise MemorizationError(f"spectral-norm lambda must be > 0, got {lam}")
-        self.lam = float(lam)
+    def __init__(self, model: nn.Module, *, config: SpectralNormConfig | None = None, seed: int = 0, **hp: Any):
+        self.config = (config or SpectralNormConfig()).replace(**hp)
+        self.lam = self.config.lam
         self.seed = seed
         n_head = int(getattr(getattr(model, "config", None), "n_head", 1) or 1)
-        _, _, mats = _blocks(model)
+        mats = {n: m for blk in _layout(model).layers for n, m in blk.items()}
         g = torch.Generator().manual_seed(seed)
         self.groups: list[tuple[nn.Module, str, int, int]] = []  # module, split axis, n_split
         self.u: list[torch.Tensor] = []
         for name, mod in mats.items():
-            w = out_in_weight(mod)
+            w = weight_2d(mod)
             if name.endswith("attn.c_attn") and w.shape[0] % (3 * n_head) == 0:
                 axis, parts = 0, 3 * n_head
             elif name.endswith("attn.c_proj") and w.shape[1] % n_head == 0:
@@ -75,7 +80,7 @@ class SpectralNormPenalty:
     def _pieces(self) -> list[torch.Tensor]:
         out = []
         for mod, _, axis, parts in self.groups:
-            w = out_in_weight(mod)
+            w = weight_2d(mod, differentiable=True)
             out.extend(torch.chunk(w, parts, dim=axis))
         return out
 
@@ -102,18 +107,20 @@ class SpectralNormPenalty:
         return ()
 
     def to_extra(self) -> dict[str, Any]:
-        return {"regularizer": {"name": "spectral_norm", "lam": self.lam, "seed": self.seed}}
+        return {"regularizer": {"name": "spectral_norm", **self.config.to_dict(), "seed": self.seed}}
 
 
 class LossTruncation:
     """Drop (weight 0) the sequences whose loss is at or above the running (1 - dropc) percentile."""
 
-    def __init__(self, dropc: float = 0.05, window: int = 10000, recompute: int = 10000, min_count: int = 10000):
-        if not 0 < dropc < 1:
-            raise MemorizationError(f"dropc must be in (0, 1), got {dropc}")
-        if window < 1 or recompute < 1 or min_count < 0:
-            raise MemorizationError("window and recompute must be >= 1 and min_count >= 0")
-        self.dropc, self.window, self.recompute, self.min_count = float(dropc), window, recompute, min_count
+    def __init__(self, *, config: LossTruncationConfig | None = None, **hp: Any):
+        cfg = (config or LossTruncationConfig()).replace(**hp)
+        # unset sizes: the reference's 10,000 samples (make_regularizer caps them for small training sets)
+        cfg = cfg.replace(window=cfg.window or 10000, recompute=cfg.recompute or 10000,
+                          min_count=10000 if cfg.min_count is None else cfg.min_count)
+        self.config = cfg
+        self.dropc, self.window, self.recompute, self.min_count = cfg.dropc, cfg.window, cfg.recompute, cfg.min_count
+        window = self.window
         self.vals = np.zeros(window, dtype=np.float64)
         self.count = 0
         self.cur = 0
@@ -147,20 +154,20 @@ class LossTruncation:
         return ()
 
     def to_extra(self) -> dict[str, Any]:
-        return {"regularizer": {"name": "loss_truncation", "dropc": self.dropc, "window": self.window,
-                                "recompute": self.recompute, "min_count": self.min_count}}
+        return {"regularizer": {"name": "loss_truncation", **self.config.to_dict()}}
 
 
 class ExampleTiedDropout:
     """Example-tied dropout on every block's input channels (see the module docstring)."""
 
-    def __init__(self, model: nn.Module, n_examples: int, p_fixed: float = 0.2, p_mem: float = 0.1, seed: int = 0):
-        if not 0 < p_fixed < 1 or not 0 < p_mem <= 1:
-            raise MemorizationError(f"need 0 < p_fixed < 1 and 0 < p_mem <= 1, got {p_fixed}, {p_mem}")
-        if n_examples < 1:
-            raise MemorizationError(f"n_examples must be >= 1, got {n_examples}")
-        self.p_fixed, self.p_mem, self.seed, self.n_examples = float(p_fixed), float(p_mem), seed, int(n_examples)
-        _, blocks, _ = _blocks(model)
+    def __init__(self, model: nn.Module, n_examples: int, *, config: ExampleTiedDropoutConfig | None = None,
+                 seed: int = 0, **hp: Any):
+        if not isinstance(n_examples, int) or n_examples < 1:
+            raise MemorizationError(f"n_examples must be an integer >= 1, got {n_examples!r}")
+        self.config = (config or ExampleTiedDropoutConfig()).replace(**hp)
+        p_fixed, p_mem = self.config.p_fixed, self.config.p_mem
+        self.p_fixed, self.p_mem, self.seed, self.n_examples = p_fixed, p_mem, seed, int(n_examples)
+        blocks = _layout(model).blocks
         d = int(getattr(model.config, "n_embd", None) or model.config.hidden_size)
         self.n_fixed = max(1, int(round(p_fixed * d)))
         self.d = d
@@ -213,41 +220,42 @@ class ExampleTiedDropout:
         return ()
 
     def to_extra(self) -> dict[str, Any]:
-        return {"regularizer": {"name": "example_tied_dropout", "p_fixed": self.p_fixed, "p_mem": self.p_mem,
-                                "seed": self.seed, "n_examples": self.n_examples}}
+        return {"regularizer": {"name": "example_tied_dropout", **self.config.to_dict(), "seed": self.seed,
+                                "n_examples": self.n_examples}}
 
 
 def reattach(model: nn.Module, extra: dict[str, Any]) -> None:
     """Re-install a checkpoint's architecture-changing regularizer (example-tied dropout) on a loaded model."""
     reg = extra.get("regularizer") or {}
+    if not isinstance(reg, dict):
+        raise MemorizationError(f"the checkpoint's regularizer entry must be a mapping, got {reg!r}")
     if reg.get("name") == "example_tied_dropout":
-        ExampleTiedDropout(model, reg["n_examples"], reg["p_fixed"], reg["p_mem"], reg["seed"])
+        rest = {k: v for k, v in reg.items() if k not in ("name", "seed", "n_examples")}
+        n, seed = reg.get("n_examples"), reg.get("seed", 0)
+        if not isinstance(n, int) or not isinstance(seed, int):
+            raise MemorizationError(f"the checkpoint's example-tied dropout needs integer n_examples and seed, got "
+                                    f"{n!r}, {seed!r}")
+        ExampleTiedDropout(model, n, config=ExampleTiedDropoutConfig.from_dict(rest), seed=seed)
 
 
-REGULARIZERS = ("spectral_norm", "loss_truncation", "example_tied_dropout")
-
-
-#: Hyper-parameters each regularizer accepts.
-REGULARIZER_HP: dict[str, tuple[str, ...]] = {
-    "spectral_norm": ("lam",), "loss_truncation": ("dropc", "window", "recompute", "min_count"),
-    "example_tied_dropout": ("p_fixed", "p_mem"),
-}
-
-
-def make_regularizer(name: str, model: nn.Module, n_examples: int, seed: int = 0, **hp: Any):
-    """A regularizer by name with the reference's defaults (lam 0.01 / dropc 0.05 / p_fixed 0.2, p_mem 0.1).
+def make_regularizer(name: str | RegularizerConfig, model: nn.Module, n_examples: int, seed: int = 0, *,
+                     config: RegularizerConfig | None = None, **hp: Any):
+    """A regularizer by name (or config) with its config's defaults (:mod:`htsr.memorization.config`:
+    lam 0.01 / dropc 0.05 / p_fixed 0.2, p_mem 0.1) and ``hp`` overrides.
 
     Loss truncation's window, recompute interval and warm-up default to the reference's 10,000 samples, which is
     about half an epoch of its 27k-sequence training set; they are capped at half an epoch of ``n_examples`` so
     that truncation starts on a smaller set too (with 10k it would never drop anything)."""
-    if name not in REGULARIZER_HP:
-        raise MemorizationError(f"unknown regularizer {name!r}; expected one of {', '.join(REGULARIZERS)}")
-    unknown = sorted(set(hp) - set(REGULARIZER_HP[name]))
-    if unknown:
-        raise MemorizationError(f"{name} takes no hyper-parameter(s) {unknown}; expected {list(REGULARIZER_HP[name])}")
-    if name == "spectral_norm":
-        return SpectralNormPenalty(model, hp.get("lam", 0.01), seed)
-    if name == "loss_truncation":
+    if isinstance(name, RegularizerConfig):
+        name, config = name.method, name
+    cls = REGULARIZERS.get(name)
+    if config is not None and not isinstance(config, cls):
+        raise MemorizationError(f"config {type(config).__name__} is not the config of {name!r} ({cls.__name__})")
+    cfg = (config or cls()).replace(**hp) if hp else (config or cls())
+    if isinstance(cfg, SpectralNormConfig):
+        return SpectralNormPenalty(model, config=cfg, seed=seed)
+    if isinstance(cfg, LossTruncationConfig):
         n = min(10000, max(1, int(n_examples) // 2))
-        return LossTruncation(**{"window": n, "recompute": n, "min_count": n, **hp})
-    return ExampleTiedDropout(model, n_examples, hp.get("p_fixed", 0.2), hp.get("p_mem", 0.1), seed)
+        return LossTruncation(config=cfg.replace(window=cfg.window or n, recompute=cfg.recompute or n,
+                                                 min_count=n if cfg.min_count is None else cfg.min_count))
+    return ExampleTiedDropout(model, n_examples, config=cfg, seed=seed)

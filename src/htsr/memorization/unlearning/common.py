@@ -14,7 +14,8 @@ from torch import nn
 
 from htsr.devices import model_device
 from htsr.memorization.errors import MemorizationError
-from htsr.memorization.models import MLP, out_in_weight
+from htsr.memorization.mlp import MLP
+from htsr.nn import eval_mode, weight_2d
 
 
 @dataclass
@@ -47,13 +48,6 @@ class UnlearnReport:
                 "settings": self.settings, "elapsed_s": self.elapsed_s}
 
 
-def check_ratio(ratio: float) -> float:
-    r = float(ratio)
-    if not (0.0 < r < 1.0) or math.isnan(r):
-        raise MemorizationError(f"ratio must be in (0, 1) (a fraction of neurons or weights), got {ratio}")
-    return r
-
-
 def check_ids(model: nn.Module, ids: torch.Tensor | None, what: str, required: bool = True) -> torch.Tensor | None:
     if ids is None:
         if required:
@@ -69,7 +63,6 @@ def check_ids(model: nn.Module, ids: torch.Tensor | None, what: str, required: b
     if vocab is not None and (int(ids.max()) >= vocab or int(ids.min()) < 0):
         raise MemorizationError(f"{what} token ids must be in [0, {vocab}), got [{int(ids.min())}, {int(ids.max())}]")
     return ids.long()
-
 
 
 def batches(ids: torch.Tensor, batch_size: int, generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
@@ -90,16 +83,14 @@ def seq_ce(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 def frozen(model: nn.Module) -> Iterator[None]:
     """Temporarily set requires_grad=False on every parameter (restored afterwards); eval mode."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    was = model.training
     for p, _ in flags:
         p.requires_grad_(False)
-    model.eval()
     try:
-        yield
+        with eval_mode(model):
+            yield
     finally:
         for p, f in flags:
             p.requires_grad_(f)
-        model.train(was)
 
 
 @contextlib.contextmanager
@@ -149,7 +140,7 @@ def ablate_neurons(model: nn.Module, mlps: list[MLP], scores: list[torch.Tensor]
         s = torch.nan_to_num(s.detach().float().cpu(), nan=-math.inf)
         top = torch.topk(s, n_top(ratio, s.numel())).indices.sort().values
         for mod in mlp.ups.values():
-            out_in_weight(mod)[top, :] = 0
+            weight_2d(mod)[top, :] = 0
             b = getattr(mod, "bias", None)
             if b is not None:
                 b[top] = 0

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from htsr.devices import model_device
-from htsr.memorization.models import MLP, out_in_weight
+from htsr.memorization.mlp import MLP
 from htsr.memorization.unlearning.common import (
     batches,
     edit_activations,
@@ -32,6 +32,7 @@ from htsr.memorization.unlearning.common import (
     record_activations,
     seq_ce,
 )
+from htsr.nn import weight_2d
 
 
 @torch.no_grad()
@@ -86,7 +87,7 @@ def activation_scores(model: nn.Module, mlps: list[MLP], forget: torch.Tensor, p
                 a = store[i][0][:, lo:hi]
                 sums[i] += a.double().sum(dim=(0, 1)).cpu()
             count += b.shape[0] * max(hi - lo, 1)
-    return [(s / count).abs().float() * out_in_weight(m.down).detach().float().norm(dim=0).cpu()
+    return [(s / count).abs().float() * weight_2d(m.down).detach().float().norm(dim=0).cpu()
             for s, m in zip(sums, mlps, strict=True)]
 
 

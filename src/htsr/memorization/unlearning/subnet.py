@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from htsr.devices import model_device
-from htsr.memorization.models import MLP
+from htsr.memorization.mlp import MLP
 from htsr.memorization.unlearning.common import UnlearnReport, frozen, seq_ce
 
 
