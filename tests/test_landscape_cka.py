@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import numpy as np
@@ -285,3 +286,21 @@ def test_minilm_layers_real_model(minilm_dir, minilm_model):
     diff = compare_models(minilm_model, rand, data, layers_a=layers, estimator="minibatch")
     assert diff.loc["encoder.layer.5", "encoder.layer.5"] < 0.95
     assert _hook_count(minilm_model) == 0 and _hook_count(rand) == 0
+
+
+def test_constant_representation_is_nan_with_a_reason():
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    b = copy.deepcopy(a)
+    with torch.no_grad():  # an all-zero head: every sample gets the same (zero) output
+        b[2].weight.zero_()
+        b[2].bias.zero_()
+    data = [(torch.randn(10, 6), torch.zeros(10)) for _ in range(3)]
+    for est in ("biased", "debiased", "minibatch"):
+        t = compare_models(a, b, data, layers_a=["0", None], estimator=est, progress=False)
+        assert np.isnan(t.loc["<output>", "<output>"]) and np.isnan(t.loc["0", "<output>"])
+        reasons = t.attrs["reasons"]
+        assert set(reasons) == {"0", "<output>"} and set(reasons["0"]) == {"<output>"}, est
+        why = reasons["<output>"]["<output>"]
+        assert "model_b's '<output>'" in why and "model_a" not in why, (est, why)
+        assert t.loc["0", "0"] == pytest.approx(1.0) and "0" not in reasons["0"]  # defined entries: no reason

@@ -380,25 +380,34 @@ def test_cli_hessian_on_the_recipe_and_bad_input(tmp_path, capsys):
                  "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["eig_converged"] and r["eigenvalues"][0] > 0 and r["num_params"] == 1026
+    assert r["eig_residuals"][0] <= 1e-3 * r["eigenvalues"][0]
     # the saved weights reproduce the same numbers
     out2 = tmp_path / "h2.json"
     assert main(["landscape", "hessian", "--weights", str(w), "--samples", "64", "--out", str(out2)]) == 0
     r2 = json.loads(out2.read_text())
     assert r2["eigenvalues"] == r["eigenvalues"] and r2["trace"] == r["trace"]
-    out3 = tmp_path / "h3.json"
+    capsys.readouterr()
     assert main(["landscape", "hessian", "--weights", str(w), "--samples", "64", "--trace-method", "hutch++",
-                 "--trace-matvecs", "12", "--out", str(out3)]) == 0
-    r3 = json.loads(out3.read_text())
+                 "--trace-matvecs", "12", "--json"]) == 0
+    r3 = json.loads(capsys.readouterr().out)
     assert r3["trace_method"] == "hutch++" and r3["trace_matvecs"] == 12
     assert abs(r3["trace"] - r["trace"]) < 0.5 * abs(r["trace"])
+    assert main(["landscape", "hessian", "--weights", str(w), "--samples", "64", "--trace-matvecs", "7",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["trace_matvecs"] == 7  # Hutchinson: the budget, exactly
+    png = tmp_path / "density.png"
+    assert main(["landscape", "hessian", "--weights", str(w), "--samples", "64", "--density", "--plot",
+                 str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
     capsys.readouterr()
     assert main(["landscape", "hessian", "--weights", str(tmp_path / "missing.safetensors")]) == 2
-    assert "expected an existing .safetensors" in capsys.readouterr().err
+    assert "no such weights file" in capsys.readouterr().err
     bad = tmp_path / "bad.safetensors"
     from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(2)}, str(bad))
     assert main(["landscape", "surface", "--weights", str(bad)]) == 2
-    assert "not weights of the digits CNN recipe" in capsys.readouterr().err
-    assert main(["landscape", "connect", "--epochs", "1", "--points", "1"]) == 2
-    assert "num_points must be >= 2" in capsys.readouterr().err
+    assert "weights do not fit the model" in capsys.readouterr().err
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors at all")
+    assert main(["landscape", "surface", "--weights", str(tmp_path / "junk.safetensors")]) == 2
+    assert "not a readable safetensors file" in capsys.readouterr().err

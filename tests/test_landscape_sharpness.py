@@ -210,7 +210,7 @@ def test_bad_input(trained, digits):
                                                                                    reduction="none"))
     with pytest.raises(LandscapeError, match="no batch"):
         worst_case_sharpness(trained, [])
-    with pytest.raises(ConfigError, match="mask names"):
+    with pytest.raises(LandscapeError, match="mask names"):
         worst_case_sharpness(trained, b, mask={"nope": torch.ones(1)})
 
 
@@ -278,3 +278,29 @@ def test_per_sample_bad_input(trained, digits):
                               loss_fn=lambda o, t: nn.functional.cross_entropy(o, t, reduction="none"))
     with pytest.raises(ConfigError, match="method"):
         per_sample_grad_norms(trained, (x[:4], y[:4]), method="jacobian")
+
+
+def test_overflowing_radius_is_a_status_not_a_number(trained, digits):
+    from htsr.landscape.objective import NonFiniteLossError
+
+    b = _batches(digits, n=2)
+    before = [p.detach().clone() for p in trained.parameters()]
+    r = worst_case_sharpness(trained, b, rho=1e200, n_iters=3)  # |theta| * 1e200 overflows two layers deep
+    assert r.status == "failed" and "not finite" in r.reason and "rho=1e+200" in r.reason
+    assert np.isnan(r.sharpness) and np.isnan(r.max_delta_l2) and np.isnan(r.error_increase)
+    assert set(r.per_batch["status"]) == {"failed"}
+    t = sharpness_table(trained, b, rhos=[0.01, 1e200], ps=(2,), n_iters=3)
+    assert list(t["status"]) == ["ok", "failed"] and t["reason"].iloc[0] == ""
+    assert t["sharpness"].iloc[0] > 0 and np.isnan(t["sharpness"].iloc[1])
+    with pytest.raises(NonFiniteLossError, match="not finite"):
+        average_sharpness(trained, b, rho=1e200, n_samples=2)
+    assert all(torch.equal(x, y) for x, y in zip(before, trained.parameters(), strict=True))  # weights restored
+
+
+def test_torch_criterion_as_loss_fn(trained, digits):
+    b = _batches(digits, n=2)
+    a = worst_case_sharpness(trained, b, rho=0.05, n_iters=5)
+    c = worst_case_sharpness(trained, b, nn.CrossEntropyLoss(), rho=0.05, n_iters=5)
+    f = worst_case_sharpness(trained, b, nn.functional.cross_entropy, rho=0.05, n_iters=5)
+    assert c.sharpness == pytest.approx(a.sharpness, rel=1e-12) and f.sharpness == pytest.approx(a.sharpness,
+                                                                                                 rel=1e-12)

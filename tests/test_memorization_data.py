@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from htsr.errors import ConfigError
 from htsr.memorization.data import (
     TinyMemConfig,
     apply_backdoor,
@@ -15,7 +16,6 @@ from htsr.memorization.data import (
     preset_config,
     sequence_values,
 )
-from htsr.errors import ConfigError
 from htsr.memorization.errors import MemorizationError
 from htsr.memorization.tokenizer import math_tokenizer
 

@@ -11,8 +11,8 @@ from htsr.memorization.data import TinyMemConfig, make_math_data
 from htsr.memorization.errors import MemorizationError
 from htsr.memorization.finetune import finetune, finetune_data
 from htsr.memorization.mlp import find_mlps
-from htsr.memorization.testbed import load_testbed, make_model, save_testbed
 from htsr.memorization.regularizers import ExampleTiedDropout, LossTruncation, SpectralNormPenalty, make_regularizer
+from htsr.memorization.testbed import load_testbed, make_model, save_testbed
 from htsr.memorization.training import make_optimizer, train_testbed
 
 SMALL = dict(n_main=200, n_aux=80, n_test=20, n_noise=20, length=5, max_ctx=32, prompt_len=8, k=10, aux_ks=(2,))

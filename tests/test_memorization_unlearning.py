@@ -12,10 +12,10 @@ from htsr.errors import ConfigError
 from htsr.memorization.config import SubnetConfig
 from htsr.memorization.errors import MemorizationError
 from htsr.memorization.mlp import find_mlps, mlp_param_names
-from htsr.nn import weight_2d
 from htsr.memorization.unlearning import METHODS, NEURON_METHODS, unlearn
 from htsr.memorization.unlearning import neuron as N
 from htsr.memorization.unlearning.common import edit_activations, seq_ce
+from htsr.nn import weight_2d
 
 FAST = {"slimming": {"epochs": 2}, "hard_concrete": {"epochs": 2}, "integrated_gradients": {"ig_steps": 3,
         "prompt_len": 10}, "activations": {"prompt_len": 10}, "greedy": {"max_iters": 4}, "second_order":
@@ -167,3 +167,30 @@ def test_bad_input_leaves_the_model_untouched(torch_one_thread):
         unlearn(NoMLP(), "durable", forget, ratio=0.1)
     with pytest.raises(MemorizationError, match="no recognisable MLP layers"):
         find_mlps(nn.Sequential(nn.Linear(4, 4)))
+
+
+def test_one_config_per_method_defaults_stated_once(torch_one_thread):
+    from htsr.memorization.compare import comparison_configs
+    from htsr.memorization.config import COMPARISON_OVERRIDES, UNLEARNING, IntegratedGradientsConfig
+    from htsr.memorization.unlearning import _RUNNERS
+
+    assert set(_RUNNERS) == set(UNLEARNING.names()) == set(METHODS) and len(METHODS) == 11
+    # the reference's ig_full_data hard-codes 20 steps; the comparison's 10 is a named override, not a default
+    assert IntegratedGradientsConfig().ig_steps == 20
+    cfg = comparison_configs(["integrated_gradients", "durable"])
+    assert cfg["integrated_gradients"].ig_steps == 10 and cfg["durable"] == UNLEARNING.get("durable")()
+    for m, o in COMPARISON_OVERRIDES.items():  # each override really changes a default
+        default = UNLEARNING.get(m)().to_dict()
+        assert all(default[k] != v for k, v in o.items()), m
+    # unlearn(..., config=) and unlearn(..., **hp) give the same settings (the neural-phishing call keeps working)
+    forget, retain = _sets()
+    a, b = _gpt2(), _gpt2()
+    ra = unlearn(a, "subnet", forget, retain, ratio=0.2, seed=3, epochs=2)
+    rb = unlearn(b, "subnet", forget, retain, seed=3, config=SubnetConfig(ratio=0.2, epochs=2))
+    assert ra.settings == rb.settings and ra.settings["epochs"] == 2 and ra.settings["ratio"] == 0.2
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
+    # the model's train/eval flags come back as they were, submodule by submodule
+    c = _gpt2().train()
+    c.transformer.h[0].eval()
+    unlearn(c, "durable", forget, ratio=0.01)
+    assert c.training and not c.transformer.h[0].training and c.transformer.h[1].training

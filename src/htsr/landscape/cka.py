@@ -16,22 +16,23 @@ Adapter: :func:`compare_models` runs the same batches through two models (or one
 returns a layer x layer table; layer outputs are caught with forward hooks that are removed afterwards,
 also when an error is raised.
 
-All arithmetic is in float64. CKA of a constant representation is undefined and comes back as NaN.
+All arithmetic is in float64. CKA of a constant representation (an all-zero head, a dead layer) is undefined and
+comes back as NaN; :func:`compare_models` says why in ``attrs["reasons"]`` (``{layer_a: {layer_b: reason}}``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from htsr.devices import model_device
 from htsr.errors import ConfigError
+from htsr.landscape.objective import forward_batch, model_output_tensor
+from htsr.nn import eval_mode
 from htsr.progress import progress_bar, show_progress
 
 ESTIMATORS = ("biased", "debiased", "minibatch")
@@ -201,50 +202,8 @@ class MinibatchCKA:
 
 
 # --------------------------------------------------------------------------------------------- model adapter
-def model_output_tensor(out: Any) -> torch.Tensor:
-    """The tensor that stands for a model's (or module's) output.
-
-    A tensor is itself; a Hugging Face ``ModelOutput``/dict gives ``logits``, else ``last_hidden_state``,
-    else its first tensor value; a tuple/list gives its first tensor.
-    """
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, dict) or hasattr(out, "keys"):
-        for key in ("logits", "last_hidden_state"):
-            if key in out and isinstance(out[key], torch.Tensor):
-                return out[key]
-        for v in out.values():
-            if isinstance(v, torch.Tensor):
-                return v
-    if isinstance(out, (tuple, list)):
-        for v in out:
-            if isinstance(v, torch.Tensor):
-                return v
-    raise ConfigError(f"cannot find a tensor in an output of type {type(out).__name__}")
-
-
-
-def _to(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_to(v, device) for v in obj)
-    return obj
-
-
-def default_forward(model: nn.Module, batch: Any) -> Any:
-    """Run ``model`` on a batch: ``(x, y, ...)`` -> ``model(x)``; a dict -> ``model(**batch)`` without
-    ``labels``; a tensor -> ``model(batch)``."""
-    batch = _to(batch, model_device(model))
-    if isinstance(batch, torch.Tensor):
-        return model(batch)
-    if isinstance(batch, dict) or hasattr(batch, "keys"):
-        return model(**{k: v for k, v in batch.items() if k != "labels"})
-    if isinstance(batch, (tuple, list)) and batch:
-        return model(batch[0])
-    raise ConfigError(f"cannot feed a batch of type {type(batch).__name__} to the model; pass forward_fn")
+#: Running a model on a batch and picking its output tensor: the landscape toolkit's one implementation.
+default_forward = forward_batch
 
 
 def _available(model: nn.Module, limit: int = 60) -> str:
@@ -308,18 +267,6 @@ class _Catcher:
         self.handles.clear()
 
 
-@contextlib.contextmanager
-def _eval_mode(*models: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in models]
-    try:
-        for m, _ in modes:
-            m.eval()
-        yield
-    finally:
-        for m, was in modes:
-            m.train(was)
-
-
 def _as_layer_list(layers: str | Sequence[str | None] | None) -> list[str | None]:
     if layers is None:
         return [OUTPUT]
@@ -356,7 +303,8 @@ def compare_models(
     eval mode under ``torch.no_grad()``, and their modes are restored afterwards.
 
     Returns a pandas DataFrame, rows = ``layers_a``, columns = ``layers_b`` (the output is labelled
-    ``"<output>"``), with ``attrs`` = estimator, n_samples, n_batches.
+    ``"<output>"``), with ``attrs`` = estimator, n_samples, n_batches and ``reasons`` (for every NaN entry, why it
+    is undefined: ``{layer_a: {layer_b: reason}}``).
     """
     import pandas as pd
 
@@ -382,7 +330,7 @@ def compare_models(
         for m in mods_a + mods_b:
             if m is not None:
                 catcher.watch(m)
-        with _eval_mode(model_a, model_b), torch.no_grad():
+        with eval_mode(model_a, model_b), torch.no_grad():
             for batch in _progress(data, progress, max_batches):
                 catcher.reset()
                 out_a = forward(model_a, batch)
@@ -417,13 +365,52 @@ def compare_models(
         raise ConfigError("data yielded no batches")
     if acc is not None:
         mat = acc.compute()
+        self_a, self_b = acc.hsic_aa_.cpu().numpy(), acc.hsic_bb_.cpu().numpy()
+        what = "its summed unbiased HSIC with itself (minibatch estimator) is not positive"
     else:
         xa = [torch.cat(v) for v in keep_a]
         xb = [torch.cat(v) for v in keep_b]
         mat = np.array([[linear_cka(a, b, debiased=estimator == "debiased") for b in xb] for a in xa])
+        if estimator == "debiased":
+            self_a = np.array([linear_cka_self(x, debiased=True) for x in xa])
+            self_b = np.array([linear_cka_self(x, debiased=True) for x in xb])
+            what = "its unbiased HSIC with itself is not positive"
+        else:
+            self_a = np.array([linear_cka_self(x) for x in xa])
+            self_b = np.array([linear_cka_self(x) for x in xb])
+            what = "it is the same for every sample (zero variance after centring)"
     df = pd.DataFrame(mat, index=pd.Index(label_a, name="layer_a"), columns=pd.Index(label_b, name="layer_b"))
-    df.attrs.update(estimator=estimator, n_samples=n_samples, n_batches=n_batches, kernel="linear")
+    df.attrs.update(estimator=estimator, n_samples=n_samples, n_batches=n_batches, kernel="linear",
+                    reasons=_reasons(mat, self_a, self_b, label_a, label_b, what))
     return df
+
+
+def linear_cka_self(x: torch.Tensor, debiased: bool = False) -> float:
+    """The self-similarity a CKA value divides by: ``||X^T X||_F^2`` of the centred features (0: a constant
+    representation), or its unbiased-HSIC form."""
+    X = _as_features(x, "X")
+    X = X - X.mean(0, keepdim=True)
+    if debiased:
+        if X.shape[0] < 4:
+            return float("nan")
+        sx = (X * X).sum(1)
+        return float(_debias(torch.linalg.matrix_norm(X.T @ X) ** 2, sx, sx, sx.sum(), sx.sum(), X.shape[0]))
+    return float(torch.linalg.matrix_norm(X.T @ X) ** 2)
+
+
+def _reasons(mat: np.ndarray, self_a: np.ndarray, self_b: np.ndarray, label_a: list[str], label_b: list[str],
+             what: str) -> dict[str, dict[str, str]]:
+    """Why each NaN entry is undefined: ``{layer_a: {layer_b: reason}}`` for the NaN entries only."""
+    out: dict[str, dict[str, str]] = {}
+    for i, a in enumerate(label_a):
+        for j, b in enumerate(label_b):
+            if not np.isnan(mat[i, j]):
+                continue
+            bad = [f"model_{side}'s {name!r}" for side, name, v in (("a", a, self_a[i]), ("b", b, self_b[j]))
+                   if not v > 0]
+            out.setdefault(a, {})[b] = (f"CKA is undefined: {' and '.join(bad)}: {what}" if bad else
+                                        "CKA is undefined: a similarity is not finite")
+    return out
 
 
 def _features(catcher: _Catcher, module: nn.Module | None, name: str, out: Any, feature_fn) -> torch.Tensor:

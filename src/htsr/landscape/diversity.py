@@ -212,19 +212,20 @@ def collect_outputs(
     """Run every model (eval mode, no grad) over ``data`` and return ``(outputs (M, n, C), labels (n,))``.
 
     Batches are ``(x, y, ...)`` tuples (labels from ``y``) or dicts (labels from ``"labels"``); the
-    model output tensor is taken as in :func:`htsr.landscape.cka.model_output_tensor`. Models' modes
+    model output tensor is taken as in :func:`htsr.landscape.objective.model_output_tensor`. Models' modes
     are restored afterwards.
     """
     import torch
 
-    from htsr.landscape.cka import _eval_mode, default_forward, model_output_tensor
+    from htsr.landscape.objective import forward_batch, model_output_tensor
+    from htsr.nn import eval_mode
 
     if not models:
         raise ConfigError("models is empty")
-    forward = forward_fn or default_forward
+    forward = forward_fn or forward_batch
     outs: list[list[np.ndarray]] = [[] for _ in models]
     labs: list[np.ndarray] = []
-    with _eval_mode(*models), torch.no_grad():
+    with eval_mode(*models), torch.no_grad():
         for batch in data:
             for i, m in enumerate(models):
                 o = model_output_tensor(forward(m, batch))

@@ -21,8 +21,8 @@ Differences from PyHessian 0.1, on purpose (its known issues):
 
 - Every random vector comes from a seeded ``torch.Generator`` (PyHessian draws from the global RNG).
 - Power iteration returns the Rayleigh quotient of the vector whose residual was checked (PyHessian returns the
-  one before the last) and, like PyHessian, finds the eigenvalue of largest *magnitude*; Lanczos returns the algebraically largest ones
-  (``which="LA"``) unless ``which="LM"``.
+  one before the last) and, like PyHessian, finds the eigenvalue of largest *magnitude*; Lanczos returns the
+  algebraically largest ones (``which="LA"``) unless ``which="LM"``.
 - Parameters that do not influence the loss get a zero gradient (PyHessian crashes on them), the graph is not
   built through ``loss.backward(create_graph=True)`` (no reference cycle through ``.grad``, no ``.grad`` left on
   the model), and the model's train/eval mode is restored afterwards (PyHessian leaves it in eval mode).

@@ -6,13 +6,16 @@ the mean loss of a model over some data, as a function of a chosen subset of its
 
 ``Objective(model, data, loss_fn=None, *, params=None, train_mode=False, max_batches=None, cache_graph=None)``
     ``data`` is one batch (a tensor, an ``(x, y)`` tuple/list, or a dict of tensors) or an iterable of batches
-    (a DataLoader, a list of batches; re-iterated on every pass). ``loss_fn(model, batch) -> scalar tensor``
-    is the training loop's convention (default :func:`htsr.training.default_loss`: cross-entropy for integer
-    targets, MSE for float targets, ``outputs.loss`` for dict batches). ``params`` selects parameters by exact
-    name or glob (``fnmatch``), or by a predicate ``(name, parameter) -> bool``; default: every parameter with
-    ``requires_grad``. ``train_mode=False`` evaluates in ``eval()`` mode (PyHessian's convention), restoring
-    the model's previous mode afterwards; in train mode, BatchNorm running statistics are *not* changed
-    (clones of the buffers are passed in).
+    (a DataLoader, a list of batches; re-iterated on every pass). ``loss_fn`` is either the training loop's
+    ``loss_fn(model, batch) -> scalar tensor`` (default :func:`htsr.training.default_loss`: cross-entropy for
+    integer targets, MSE for float targets, ``outputs.loss`` for dict batches) or a torch criterion
+    ``criterion(outputs, targets)`` such as ``torch.nn.CrossEntropyLoss()`` or ``F.cross_entropy`` (any
+    ``nn.Module``, or a function whose first parameter is named ``input``/``output(s)``/``logits``/``pred``...),
+    adapted here, once, by :func:`as_model_loss`. ``params`` selects parameters by name patterns
+    (:class:`htsr.nn.Patterns`: exact names, globs, ``re:REGEX``), or by a predicate
+    ``(name, parameter) -> bool``; default: every parameter with ``requires_grad``. ``train_mode=False``
+    evaluates in ``eval()`` mode (PyHessian's convention), restoring every submodule's mode afterwards; in train
+    mode, BatchNorm running statistics are *not* changed (clones of the buffers are passed in).
 
 Attributes: ``model``, ``names`` (selected parameter names), ``params`` (the live ``nn.Parameter`` objects),
 ``shapes``, ``numel`` (list), ``dim`` (total number of selected scalars), ``device``, ``dtype``.
@@ -30,7 +33,9 @@ Methods (``vec`` is a flat 1-D tensor of length ``dim`` in the order of ``names`
 - ``get_vector()``, ``set_vector(vec)``, ``perturbed(vec)`` (context manager: weights set to ``vec`` and
   restored on exit, buffers included), ``flatten(tensors)``, ``unflatten(vec)``.
 
-Helpers: ``select_parameters(model, params)``, ``batch_size(batch)``, ``is_batch(data)``,
+Helpers: ``select_parameters(model, params)``, ``batch_size(batch)``, ``is_batch(data)``, ``forward_batch(model,
+batch)`` (the one way a batch is fed to a model), ``model_output_tensor(out)``, ``check_scalar_loss(loss)``,
+``check_masks(mask, named)``, ``as_model_loss(loss_fn)``,
 ``reestimate_bn(model, data)`` (BatchNorm running statistics recomputed on data, Garipov et al.'s cumulative
 average weighted by batch size), ``check_same_architecture(a, b)``.
 
@@ -43,18 +48,25 @@ model, empty data, an unknown parameter name.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
+import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from htsr.devices import model_device
 from htsr.errors import HtsrError, MeasurementError
-from htsr.training.loop import batch_size  # noqa: F401  (re-exported: one implementation)
+from htsr.nn import Patterns, eval_mode
+from htsr.nn import train_mode as train_mode_ctx
+from htsr.training.loop import (
+    batch_size,  # noqa: F401  (re-exported: one implementation)
+    to_device,
+)
 
 __all__ = ["LandscapeError", "Objective", "LossFn", "is_batch", "batch_size", "default_loss", "select_parameters",
-           "reestimate_bn", "check_same_architecture", "has_batchnorm", "batchnorm_layers"]
+           "reestimate_bn", "check_same_architecture", "has_batchnorm", "batchnorm_layers", "forward_batch",
+           "model_output_tensor", "check_scalar_loss", "check_masks", "as_model_loss", "CriterionLoss"]
 
 LossFn = Callable[[nn.Module, Any], torch.Tensor]
 ParamSelector = Sequence[str] | Callable[[str, nn.Parameter], bool] | None
@@ -75,6 +87,142 @@ def default_loss(model: nn.Module, batch: Any) -> torch.Tensor:
     from htsr.training import default_loss as _dl
 
     return _dl(model, batch)
+
+
+LOSS_SIGNATURES = ("loss_fn(model, batch) -> scalar tensor (the training loop's convention) or a torch criterion "
+                   "criterion(outputs, targets) such as torch.nn.CrossEntropyLoss()")
+#: First-parameter names that mark a plain function as a criterion ``(outputs, targets)`` (torch.nn.functional's
+#: losses use ``input``).
+CRITERION_FIRST_ARGS = ("input", "inputs", "output", "outputs", "logits", "pred", "preds", "prediction",
+                        "predictions", "y_pred", "yhat", "scores")
+
+
+def model_output_tensor(out: Any) -> torch.Tensor:
+    """The tensor that stands for a model's (or module's) output.
+
+    A tensor is itself; a Hugging Face ``ModelOutput``/dict gives ``logits``, else ``last_hidden_state``,
+    else its first tensor value; a tuple/list gives its first tensor.
+    """
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict) or hasattr(out, "keys"):
+        for key in ("logits", "last_hidden_state"):
+            if key in out and isinstance(out[key], torch.Tensor):
+                return out[key]
+        for v in out.values():
+            if isinstance(v, torch.Tensor):
+                return v
+    if isinstance(out, tuple | list):
+        for v in out:
+            if isinstance(v, torch.Tensor):
+                return v
+    raise LandscapeError(f"cannot find a tensor in an output of type {type(out).__name__}")
+
+
+def forward_batch(model: nn.Module, batch: Any, *, move: bool = True) -> Any:
+    """Run ``model`` on a batch, the one way every landscape method does it: ``(x, y, ...)`` -> ``model(x)``; a
+    mapping -> ``model(**batch)`` without ``labels``; a tensor -> ``model(batch)``. With ``move`` the batch is first
+    moved to the model's device (:func:`htsr.training.loop.to_device`)."""
+    if move:
+        batch = to_device(batch, model_device(model))
+    if isinstance(batch, torch.Tensor):
+        return model(batch)
+    if isinstance(batch, Mapping) or hasattr(batch, "keys"):
+        return model(**{k: v for k, v in batch.items() if k != "labels"})
+    if isinstance(batch, tuple | list) and batch:
+        return model(batch[0])
+    raise LandscapeError(f"cannot feed a batch of type {type(batch).__name__} to the model; expected a tensor, "
+                         "(x, y) or a dict of tensors (or pass forward_fn)")
+
+
+def check_scalar_loss(loss: Any, what: str = "loss_fn") -> torch.Tensor:
+    """``loss`` if it is a 0-d tensor, else a :class:`LandscapeError` saying what was returned."""
+    if not isinstance(loss, torch.Tensor):
+        raise LandscapeError(f"{what} must return a torch.Tensor, got {type(loss).__name__}")
+    if loss.ndim != 0:
+        raise LandscapeError(f"{what} must return a scalar (0-d) tensor, got shape {tuple(loss.shape)}; "
+                             "use a mean reduction")
+    return loss
+
+
+def check_masks(mask: Mapping[str, Any] | None, named: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Validated per-parameter masks: every name one of ``named`` (the selected parameters), every shape the
+    parameter's; returned on the parameter's device and dtype. ``None`` gives ``{}``."""
+    if mask is None:
+        return {}
+    if not isinstance(mask, Mapping):
+        raise LandscapeError(f"mask must be a mapping of parameter name -> 0/1 tensor, got {type(mask).__name__}")
+    unknown = sorted(set(mask) - set(named))
+    if unknown:
+        raise LandscapeError(f"mask names {unknown} are not among the selected parameters; names look like "
+                             f"{list(named)[:3]}")
+    out = {}
+    for n, m in mask.items():
+        p = named[n]
+        m = torch.as_tensor(m, device=p.device)
+        if tuple(m.shape) != tuple(p.shape):
+            raise LandscapeError(f"mask for {n!r} has shape {tuple(m.shape)}, the parameter {tuple(p.shape)}")
+        out[n] = m.to(p.dtype)
+    return out
+
+
+def _targets(batch: Any) -> Any:
+    if isinstance(batch, tuple | list) and len(batch) >= 2:
+        return batch[1]
+    if isinstance(batch, Mapping) and "labels" in batch:
+        return batch["labels"]
+    raise LandscapeError(f"a criterion (outputs, targets) needs (inputs, targets) batches or dicts with 'labels', "
+                         f"got a {type(batch).__name__}; or pass loss_fn(model, batch)")
+
+
+class CriterionLoss:
+    """``loss_fn(model, batch)`` made from a torch criterion ``criterion(outputs, targets)``: the model's output
+    tensor (:func:`model_output_tensor` of :func:`forward_batch`) against the batch's targets."""
+
+    def __init__(self, criterion: Callable[[torch.Tensor, Any], torch.Tensor]) -> None:
+        self.criterion = criterion
+
+    def __call__(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        targets = _targets(batch)
+        return self.criterion(model_output_tensor(forward_batch(model, batch, move=False)), targets)
+
+    def __repr__(self) -> str:
+        return f"CriterionLoss({self.criterion!r})"
+
+
+def _positional(fn: Callable) -> list[inspect.Parameter] | None:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins without a signature: trust the caller
+        return None
+    return [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD,
+                                                               p.VAR_POSITIONAL)]
+
+
+def as_model_loss(loss_fn: Any) -> LossFn:
+    """The one place a loss function is recognised: ``None`` -> :func:`default_loss`; a torch criterion (an
+    ``nn.Module`` such as ``nn.CrossEntropyLoss()``, or a function whose first parameter is named ``input``,
+    ``outputs``, ``logits``, ...) -> :class:`CriterionLoss`; a callable taking ``(model, batch)`` -> itself.
+    Anything else is a :class:`LandscapeError` naming the expected signatures."""
+    if loss_fn is None:
+        return default_loss
+    if isinstance(loss_fn, CriterionLoss):
+        return loss_fn
+    if isinstance(loss_fn, nn.Module):
+        return CriterionLoss(loss_fn)
+    if not callable(loss_fn):
+        raise LandscapeError(f"loss_fn must be callable, got {type(loss_fn).__name__}; expected {LOSS_SIGNATURES}")
+    params = _positional(loss_fn)
+    if params is None:
+        return loss_fn
+    if params and params[0].name.lower() in CRITERION_FIRST_ARGS:
+        return CriterionLoss(loss_fn)
+    try:
+        inspect.signature(loss_fn).bind(None, None)
+    except TypeError:
+        raise LandscapeError(f"loss_fn{inspect.signature(loss_fn)} cannot be called with two arguments; expected "
+                             f"{LOSS_SIGNATURES}") from None
+    return loss_fn
 
 
 def is_batch(data: Any) -> bool:
@@ -114,27 +262,23 @@ class _Bound(nn.Module):
 
 
 def select_parameters(model: nn.Module, params: ParamSelector = None) -> list[tuple[str, nn.Parameter]]:
-    """``(name, parameter)`` pairs chosen by ``params`` (names/globs, a predicate, or None = all trainable)."""
+    """``(name, parameter)`` pairs chosen by ``params`` (name patterns as :class:`htsr.nn.Patterns`: exact names,
+    globs, ``re:REGEX``; a predicate; or None = all trainable), in the model's order. A pattern that matches no
+    parameter, or an invalid regex, is an error naming what the names look like."""
     named = list(model.named_parameters())
     if params is None:
         chosen = [(n, p) for n, p in named if p.requires_grad]
-    elif callable(params):
+    elif callable(params) and not isinstance(params, Patterns):
         chosen = [(n, p) for n, p in named if params(n, p)]
     else:
-        if isinstance(params, str):
-            params = [params]
-        chosen, seen = [], set()
-        for pat in params:
-            hits = [(n, p) for n, p in named if n == pat or fnmatch.fnmatchcase(n, pat)]
-            if not hits:
+        pats = params.patterns if isinstance(params, Patterns) else (params,) if isinstance(params, str) else params
+        compiled = [Patterns(p) for p in pats]  # one per pattern (an invalid regex: ConfigError, here)
+        for pat, c in zip(pats, compiled, strict=True):
+            if not any(n == pat or c.match(n) for n, _ in named):
                 raise LandscapeError(f"parameter {pat!r} matches no parameter of the model; names look like "
                                      f"{[n for n, _ in named[:3]]}")
-            for n, p in hits:
-                if n not in seen:
-                    seen.add(n)
-                    chosen.append((n, p))
-        order = {n: i for i, (n, _) in enumerate(named)}
-        chosen.sort(key=lambda np_: order[np_[0]])
+        chosen = [(n, p) for n, p in named if any(n == pat or c.match(n) for pat, c in zip(pats, compiled,
+                                                                                          strict=True))]
     if not chosen:
         raise LandscapeError(f"{type(model).__name__} has no trainable parameters to analyse "
                              "(none selected, or all have requires_grad=False)")
@@ -153,7 +297,7 @@ class Objective:
         if max_batches is not None and max_batches < 1:
             raise LandscapeError(f"max_batches must be >= 1 or None, got {max_batches}")
         self.model = model
-        self.loss_fn: LossFn = loss_fn or default_loss
+        self.loss_fn: LossFn = as_model_loss(loss_fn)
         self._default_loss = loss_fn is None
         chosen = select_parameters(model, params)
         self.names: list[str] = [n for n, _ in chosen]
@@ -241,28 +385,14 @@ class Objective:
         for batch, n in items:
             yield batch, n / total
 
-    @contextlib.contextmanager
-    def _mode(self) -> Iterator[None]:
-        was = self.model.training
-        self.model.train(self.train_mode)
-        try:
-            yield
-        finally:
-            self.model.train(was)
+    def _mode(self) -> contextlib.AbstractContextManager:
+        return train_mode_ctx(self.model) if self.train_mode else eval_mode(self.model)
 
     def _buffers(self, prefix: str = "model.") -> dict[str, torch.Tensor]:
         # train mode: BatchNorm updates running stats in place; hand it clones so the model is not changed
         if not self.train_mode:
             return {}
         return {prefix + k: b.clone() for k, b in self.model.named_buffers()}
-
-    def _check_loss(self, loss: Any) -> torch.Tensor:
-        if not isinstance(loss, torch.Tensor):
-            raise LandscapeError(f"loss_fn must return a torch.Tensor, got {type(loss).__name__}")
-        if loss.ndim != 0:
-            raise LandscapeError(f"loss_fn must return a scalar (0-d) tensor, got shape {tuple(loss.shape)}; "
-                                 "use a mean reduction")
-        return loss
 
     # ------------------------------------------------------------------ evaluations
 
@@ -274,7 +404,11 @@ class Objective:
         mapping = dict(zip(self._keys, tensors, strict=True))
         mapping.update(self._buffers())
         with self._mode():
-            return self._check_loss(functional_call(self._bound, mapping, (batch,)))
+            try:
+                loss = functional_call(self._bound, mapping, (batch,))
+            except TypeError as e:  # e.g. a criterion given where (model, batch) is expected, or the reverse
+                raise LandscapeError(f"loss_fn failed with TypeError: {e}; expected {LOSS_SIGNATURES}") from e
+            return check_scalar_loss(loss)
 
     def loss(self, vec: torch.Tensor | None = None) -> float:
         """Batch-size-weighted mean loss at ``vec`` (current weights if None); NaN propagates, never raises."""
@@ -386,17 +520,6 @@ class Objective:
 # ----------------------------------------------------------------------------- BatchNorm and architectures
 
 
-def _forward_batch(model: nn.Module, batch: Any) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return model(batch)
-    if isinstance(batch, Mapping):
-        return model(**{k: v for k, v in batch.items() if k != "labels"})
-    if isinstance(batch, tuple | list) and batch:
-        return model(batch[0])
-    raise LandscapeError(f"cannot feed a batch of type {type(batch).__name__} to the model; expected a tensor, "
-                         "(x, y) or a dict of tensors")
-
-
 def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
     """The model's BatchNorm layers that track running statistics."""
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
@@ -418,28 +541,26 @@ def reestimate_bn(model: nn.Module, data: Any, max_batches: int | None = None) -
         return 0
     batches = [data] if is_batch(data) else data
     momenta = {m: m.momentum for m in bns}
-    was = model.training
     for m in bns:
         m.reset_running_stats()
-    model.train()
     n = 0
     device = next((p.device for p in model.parameters()), None)
     try:
-        for i, batch in enumerate(batches):
-            if max_batches is not None and i >= max_batches:
-                break
-            for t in _tensors(batch):
-                if device is not None and t.device != device:
-                    raise LandscapeError(f"BatchNorm data is on {t.device} but the model is on {device}")
-            b = batch_size(batch)
-            for m in bns:
-                m.momentum = b / (n + b)
-            _forward_batch(model, batch)
-            n += b
+        with train_mode_ctx(model):
+            for i, batch in enumerate(batches):
+                if max_batches is not None and i >= max_batches:
+                    break
+                for t in _tensors(batch):
+                    if device is not None and t.device != device:
+                        raise LandscapeError(f"BatchNorm data is on {t.device} but the model is on {device}")
+                b = batch_size(batch)
+                for m in bns:
+                    m.momentum = b / (n + b)
+                forward_batch(model, batch, move=False)
+                n += b
     finally:
         for m in bns:
             m.momentum = momenta[m]
-        model.train(was)
     if n == 0:
         raise LandscapeError("BatchNorm re-estimation data yielded no batch")
     return n

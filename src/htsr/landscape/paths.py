@@ -34,10 +34,12 @@ from htsr.landscape.objective import (
     NonFiniteLossError,
     Objective,
     _Bound,
+    as_model_loss,
     check_same_architecture,
-    default_loss,
+    check_scalar_loss,
     reestimate_bn,
 )
+from htsr.nn import eval_mode
 
 __all__ = ["PathResult", "BezierCurve", "linear_path", "train_bezier", "evaluate_curve", "mode_connectivity",
            "mode_connectivity_peak", "garipov_lr_factor", "PEAK_T"]
@@ -135,7 +137,7 @@ class BezierCurve(nn.Module):
             self.register_buffer(f"start_{i}", a)
             self.register_buffer(f"end_{i}", b)
             self.bend.append(nn.Parameter(0.5 * (a + b)))
-        self.loss_fn: LossFn = loss_fn or default_loss
+        self.loss_fn: LossFn = as_model_loss(loss_fn)
         self._bound = _Bound(self.arch, self.loss_fn)
         self.generator = torch.Generator().manual_seed(int(seed))
 
@@ -160,10 +162,7 @@ class BezierCurve(nn.Module):
 
         t = self.sample_t() if t is None else float(t)
         mapping = {"model." + n: w for n, w in zip(self.names, self.point(t), strict=True)}
-        loss = functional_call(self._bound, mapping, (batch,))
-        if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
-            raise LandscapeError("loss_fn must return a scalar tensor")
-        return loss
+        return check_scalar_loss(functional_call(self._bound, mapping, (batch,)))
 
     @torch.no_grad()
     def model_at(self, t: float) -> nn.Module:
@@ -253,12 +252,8 @@ def evaluate_curve(curve: BezierCurve, data: Any, loss_fn: LossFn | None = None,
     t_arr = _ts(num_points, ts)
     bn = data if isinstance(bn_data, str) and bn_data == "data" else bn_data
     loss, err = np.zeros(t_arr.size), np.zeros(t_arr.size)
-    was = curve.training
-    curve.eval()
-    try:
+    with eval_mode(curve):
         for i, t in enumerate(t_arr):
             model = curve.model_at(float(t))
             loss[i], err[i] = _path_point(model, data, loss_fn or curve.loss_fn, bn, float(t), "Bezier")
-    finally:
-        curve.train(was)
     return PathResult(t_arr, loss, err, "bezier", {"bn_reestimated": bn is not None})

@@ -20,7 +20,14 @@ import torch
 from torch import nn
 
 from htsr.errors import ConfigError
-from htsr.landscape.objective import LandscapeError, select_parameters
+from htsr.landscape.objective import (
+    LandscapeError,
+    check_masks,
+    check_scalar_loss,
+    model_output_tensor,
+    select_parameters,
+)
+from htsr.nn import eval_mode
 
 SampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -84,12 +91,10 @@ def per_sample_grad_norms(
     loss_fn = loss_fn or default_sample_loss
     chosen = select_parameters(model, params)
     names = [n for n, _ in chosen]
-    masks = _masks(mask, dict(chosen))
+    masks = check_masks(mask, dict(chosen))
     device = chosen[0][1].device
-    was = model.training
-    model.eval()
     out: list[torch.Tensor] = []
-    try:
+    with eval_mode(model):
         for x, y in _chunks(data, int(batch_size)):
             x, y = x.to(device), y.to(device)
             if method == "vmap":
@@ -97,33 +102,14 @@ def per_sample_grad_norms(
             else:
                 sq = _loop_chunk(model, chosen, names, masks, loss_fn, x, y)
             out.append(sq.detach().to("cpu", torch.float64))
-    finally:
-        model.train(was)
     if not out:
         raise ConfigError("data holds no samples")
     res = torch.cat(out).numpy()
     return res if squared else np.sqrt(res)
 
 
-def _masks(mask: Mapping[str, torch.Tensor] | None, named: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
-    if mask is None:
-        return {}
-    out = {}
-    for n, m in mask.items():
-        if n not in named:
-            raise ConfigError(f"mask name {n!r} is not a selected parameter; names look like {list(named)[:3]}")
-        m = torch.as_tensor(m, device=named[n].device)
-        if m.shape != named[n].shape:
-            raise ConfigError(f"mask for {n!r} has shape {tuple(m.shape)}, the parameter {tuple(named[n].shape)}")
-        out[n] = m.to(named[n].dtype)
-    return out
-
-
 def _check_scalar(loss: Any) -> torch.Tensor:
-    if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
-        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-        raise LandscapeError(f"the per-sample loss must be a scalar tensor, got {shape}; use a mean/sum reduction")
-    return loss
+    return check_scalar_loss(loss, "the per-sample loss_fn(outputs, targets)")
 
 
 def _vmap_chunk(model, chosen, names, masks, loss_fn, x, y) -> torch.Tensor:
@@ -133,11 +119,7 @@ def _vmap_chunk(model, chosen, names, masks, loss_fn, x, y) -> torch.Tensor:
     buffers = {n: b.detach() for n, b in model.named_buffers()}
 
     def one(ps, xi, yi):
-        out = functional_call(model, {**ps, **buffers}, (xi.unsqueeze(0),))
-        if not isinstance(out, torch.Tensor):
-            from htsr.landscape.cka import model_output_tensor
-
-            out = model_output_tensor(out)
+        out = model_output_tensor(functional_call(model, {**ps, **buffers}, (xi.unsqueeze(0),)))
         return _check_scalar(loss_fn(out, yi.unsqueeze(0)))
 
     try:
@@ -161,11 +143,7 @@ def _loop_chunk(model, chosen, names, masks, loss_fn, x, y) -> torch.Tensor:
     plist = [p for _, p in chosen]
     sq = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     for i in range(x.shape[0]):
-        out = model(x[i:i + 1])
-        if not isinstance(out, torch.Tensor):
-            from htsr.landscape.cka import model_output_tensor
-
-            out = model_output_tensor(out)
+        out = model_output_tensor(model(x[i:i + 1]))
         loss = _check_scalar(loss_fn(out, y[i:i + 1]))
         gs = torch.autograd.grad(loss, plist, allow_unused=True)
         for n, g in zip(names, gs, strict=True):

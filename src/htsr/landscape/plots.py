@@ -17,7 +17,7 @@ from htsr.landscape.hessian import DensityResult
 from htsr.landscape.paths import PathResult
 from htsr.landscape.surfaces import Surface1D, Surface2D
 
-__all__ = ["plot_surface_1d", "plot_contour", "plot_surface_3d", "plot_path", "plot_density"]
+__all__ = ["plot_surface_1d", "plot_contour", "plot_surface_3d", "plot_surface_2d", "plot_path", "plot_density"]
 
 DPI = 100
 
@@ -47,16 +47,12 @@ def plot_surface_1d(s: Surface1D, path: str | os.PathLike, *, title: str | None 
     return _save(fig, path)
 
 
-def plot_contour(s: Surface2D, path: str | os.PathLike, *, metric: str = "loss", levels: int = 30,
-                 log: bool = True, title: str | None = None) -> Path:
-    """Filled contour map of a 2-D surface (log10 of the loss by default); marks the models of a plane."""
+def _draw_contour(fig: Figure, ax, s: Surface2D, metric: str, levels: int, log: bool, title: str | None) -> None:
     z = _metric(s, metric).astype(float)
     if log and metric == "loss":
         with np.errstate(divide="ignore", invalid="ignore"):
             z = np.log10(np.where(z > 0, z, np.nan))
     z = np.ma.masked_invalid(z)
-    fig = Figure(figsize=(6, 5), layout="constrained")
-    ax = fig.subplots()
     if z.count() >= 2 and float(z.max()) > float(z.min()):
         cs = ax.contourf(s.x, s.y, z, levels=levels, cmap="viridis")
         ax.contour(s.x, s.y, z, levels=levels, colors="k", linewidths=0.3)
@@ -67,20 +63,39 @@ def plot_contour(s: Surface2D, path: str | os.PathLike, *, metric: str = "loss",
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     ax.set_title(title or f"2-D {metric} surface ({s.meta.get('kind', 'plane')})", fontsize=10)
-    return _save(fig, path)
 
 
-def plot_surface_3d(s: Surface2D, path: str | os.PathLike, *, metric: str = "loss", title: str | None = None) -> Path:
-    """3-D surface plot of a 2-D surface (NaN points masked)."""
+def _draw_3d(ax, s: Surface2D, metric: str, title: str | None) -> None:
     z = np.ma.masked_invalid(_metric(s, metric).astype(float))
-    fig = Figure(figsize=(6, 5), layout="constrained")
-    ax = fig.add_subplot(projection="3d")
     X, Y = np.meshgrid(s.x, s.y)
     ax.plot_surface(X, Y, z, cmap="viridis", linewidth=0, antialiased=True)
     ax.set_xlabel("x")
     ax.set_ylabel("y")
     ax.set_zlabel(metric)
     ax.set_title(title or f"2-D {metric} surface", fontsize=10)
+
+
+def plot_contour(s: Surface2D, path: str | os.PathLike, *, metric: str = "loss", levels: int = 30,
+                 log: bool = True, title: str | None = None) -> Path:
+    """Filled contour map of a 2-D surface (log10 of the loss by default); marks the models of a plane."""
+    fig = Figure(figsize=(6, 5), layout="constrained")
+    _draw_contour(fig, fig.subplots(), s, metric, levels, log, title)
+    return _save(fig, path)
+
+
+def plot_surface_3d(s: Surface2D, path: str | os.PathLike, *, metric: str = "loss", title: str | None = None) -> Path:
+    """3-D surface plot of a 2-D surface (NaN points masked)."""
+    fig = Figure(figsize=(6, 5), layout="constrained")
+    _draw_3d(fig.add_subplot(projection="3d"), s, metric, title)
+    return _save(fig, path)
+
+
+def plot_surface_2d(s: Surface2D, path: str | os.PathLike, *, metric: str = "loss", levels: int = 30,
+                    log: bool = True) -> Path:
+    """One picture of a 2-D surface: the contour map (left) and the 3-D view (right)."""
+    fig = Figure(figsize=(11, 5), layout="constrained")
+    _draw_contour(fig, fig.add_subplot(1, 2, 1), s, metric, levels, log, None)
+    _draw_3d(fig.add_subplot(1, 2, 2, projection="3d"), s, metric, None)
     return _save(fig, path)
 
 

@@ -56,7 +56,14 @@ import numpy as np
 import torch
 
 from htsr.errors import ConfigError
-from htsr.landscape.objective import LandscapeError, LossFn, Objective, is_batch
+from htsr.landscape.objective import (
+    LandscapeError,
+    LossFn,
+    NonFiniteLossError,
+    Objective,
+    check_masks,
+    is_batch,
+)
 from htsr.progress import progress_bar
 
 
@@ -183,7 +190,11 @@ def random_perturbation(
 # ------------------------------------------------------------------------------------ APGD
 @dataclass
 class SharpnessResult:
-    """Worst-case sharpness over batches. ``sharpness`` is the mean loss increase (the reported number)."""
+    """Worst-case sharpness over batches. ``sharpness`` is the mean loss increase (the reported number).
+
+    ``status`` is ``"ok"``, or ``"failed"`` with a ``reason`` when the measurement is not a number: a loss or a
+    perturbation at some perturbed point overflowed (NaN/Inf, e.g. a radius of 1e10). ``sharpness`` and
+    ``error_increase`` are then NaN, never a value computed from the points that survived."""
 
     sharpness: float
     error_increase: float  # mean increase of the misclassified fraction at the worst point (NaN if not classifying)
@@ -195,11 +206,13 @@ class SharpnessResult:
     max_delta_l2: float  # largest plain L2 norm of a worst perturbation (the reference's ``delta_norm``)
     per_batch: Any = field(repr=False, default=None)  # pandas DataFrame, one row per batch
     settings: dict[str, Any] = field(repr=False, default_factory=dict)
+    status: str = "ok"
+    reason: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready summary (per-batch rows included as a list of records)."""
         d = {k: getattr(self, k) for k in ("sharpness", "error_increase", "rho", "p", "adaptive", "n_batches",
-                                            "init_loss", "max_delta_l2")}
+                                            "init_loss", "max_delta_l2", "status", "reason")}
         d["settings"] = dict(self.settings)
         if self.per_batch is not None:
             d["per_batch"] = self.per_batch.to_dict(orient="records")
@@ -207,22 +220,15 @@ class SharpnessResult:
 
 
 def _flat_mask(obj: Objective, mask: Mapping[str, torch.Tensor] | None) -> torch.Tensor | None:
+    """The validated per-parameter masks (:func:`~htsr.landscape.objective.check_masks`) as one flat vector."""
     if mask is None:
         return None
-    unknown = sorted(set(mask) - set(obj.names))
-    if unknown:
-        raise ConfigError(f"mask names {unknown} are not among the perturbed parameters; names look like "
-                          f"{obj.names[:3]}")
-    parts = []
-    for n, shape in zip(obj.names, obj.shapes, strict=True):
-        if n in mask:
-            m = torch.as_tensor(mask[n], device=obj.device)
-            if tuple(m.shape) != shape:
-                raise ConfigError(f"mask for {n!r} has shape {tuple(m.shape)}, the parameter {shape}")
-            parts.append(m.reshape(-1).to(obj.dtype))
-        else:
-            parts.append(torch.ones(int(np.prod(shape)) if shape else 1, device=obj.device, dtype=obj.dtype))
-    return torch.cat(parts)
+    masks = check_masks(mask, dict(zip(obj.names, obj.params, strict=True)))
+    return obj.flatten([masks.get(n, torch.ones_like(p)) for n, p in zip(obj.names, obj.params, strict=True)])
+
+
+class _Overflow(Exception):
+    """A perturbed point left the representable range (non-finite loss or perturbation)."""
 
 
 def _apgd_batch(
@@ -241,15 +247,25 @@ def _apgd_batch(
     init: str,
     n_restarts: int,
     generator: torch.Generator,
-) -> dict[str, float]:
-    """APGD on one batch (``obj`` holds the batch). Returns the per-batch row."""
+) -> dict[str, Any]:
+    """APGD on one batch (``obj`` holds the batch). Returns the per-batch row (``status``/``reason`` included)."""
     init_m = obj.metrics(theta)
     init_loss = init_m["loss"]
     if not math.isfinite(init_loss):
         raise LandscapeError(f"the loss at the unperturbed weights is {init_loss}; sharpness is undefined")
     cps = set(checkpoints(n_iters))
-    best_over = (init_loss, torch.zeros_like(theta))
     n_evals = 0
+
+    def evaluate(delta: torch.Tensor, with_grad: bool) -> tuple[float, torch.Tensor | None]:
+        nonlocal n_evals
+        n_evals += 1
+        if not bool(torch.isfinite(delta).all()):
+            raise _Overflow(f"the perturbation overflowed (non-finite entries at rho={rho:g})")
+        loss, grad = obj.loss_and_grad(theta + delta) if with_grad else (obj.loss(theta + delta), None)
+        if not math.isfinite(loss):
+            raise _Overflow(f"the loss at a perturbed point is {loss} (rho={rho:g}: the perturbation leaves the "
+                            "range where the loss is finite)")
+        return loss, grad
 
     def direction(g: torch.Tensor) -> torch.Tensor:
         if mask is not None:
@@ -258,63 +274,61 @@ def _apgd_batch(
             return scale * g / (torch.linalg.vector_norm(g) + 1e-12)
         return scale * torch.sign(g)
 
-    for _restart in range(n_restarts):
-        if init == "random":
-            delta = random_perturbation(scale, rho, p, generator=generator)
-            if mask is not None:
-                delta = delta * mask
-            delta = project_perturbation(delta, scale, rho, p)
-        else:
+    def step_from(delta: torch.Tensor, prev: torch.Tensor, z: torch.Tensor, first: bool) -> torch.Tensor:
+        """The momentum update (module docstring, item 2): APGD's, or the reference code's."""
+        if momentum_rule == "reference":
+            return momentum * z + (1.0 - momentum) * prev
+        if first:
+            return z
+        return project_perturbation(delta + momentum * (z - delta) + (1.0 - momentum) * (delta - prev), scale, rho, p)
+
+    best_over = (init_loss, torch.zeros_like(theta))
+    row: dict[str, Any] = {"status": "ok", "reason": ""}
+    try:
+        for _restart in range(n_restarts):
             delta = torch.zeros_like(theta)
-        prev = delta.clone()
-        best_loss, best_delta = init_loss, delta.clone()
-        step = 2.0 * rho * step_size_mult
-        prev_step, prev_best, prev_cp, n_updates = step, best_loss, 0, 0
-        _, grad = obj.loss_and_grad(theta + delta)
-        n_evals += 1
-        for i in range(n_iters):
-            z = project_perturbation(delta + step * direction(grad), scale, rho, p)
-            if momentum_rule == "reference":
-                new = momentum * z + (1.0 - momentum) * prev
-            elif i == 0:
-                new = z
-            else:
-                new = project_perturbation(delta + momentum * (z - delta) + (1.0 - momentum) * (delta - prev),
-                                           scale, rho, p)
-            prev, delta = delta, new
-            if i < n_iters - 1:
-                loss, grad = obj.loss_and_grad(theta + delta)
-            else:
-                loss = obj.loss(theta + delta)
-            n_evals += 1
-            if loss > best_loss:  # NaN never counts as an improvement
-                best_loss, best_delta = loss, delta.clone()
-                n_updates += 1
-            if i in cps:
-                cond1 = n_updates < min_update_ratio * (i - prev_cp)
-                cond2 = prev_step == step and prev_best == best_loss
-                prev_step, prev_best, prev_cp, n_updates = step, best_loss, i, 0
-                if cond1 or cond2:
-                    step *= 0.5
-                    delta, prev = best_delta.clone(), best_delta.clone()
-                    if i < n_iters - 1:
-                        _, grad = obj.loss_and_grad(theta + delta)
-                        n_evals += 1
-        if best_loss > best_over[0]:
-            best_over = (best_loss, best_delta)
+            if init == "random":
+                delta = random_perturbation(scale, rho, p, generator=generator)
+                delta = project_perturbation(delta * mask if mask is not None else delta, scale, rho, p)
+            prev = delta.clone()
+            best_loss, best_delta = init_loss, delta.clone()
+            step = 2.0 * rho * step_size_mult
+            prev_step, prev_best, prev_cp, n_updates = step, best_loss, 0, 0
+            _, grad = evaluate(delta, True)
+            for i in range(n_iters):
+                z = project_perturbation(delta + step * direction(grad), scale, rho, p)
+                prev, delta = delta, step_from(delta, prev, z, i == 0)
+                loss, grad = evaluate(delta, i < n_iters - 1)
+                if loss > best_loss:
+                    best_loss, best_delta = loss, delta.clone()
+                    n_updates += 1
+                if i in cps:
+                    cut = (n_updates < min_update_ratio * (i - prev_cp)) or (prev_step == step and
+                                                                             prev_best == best_loss)
+                    prev_step, prev_best, prev_cp, n_updates = step, best_loss, i, 0
+                    if cut:  # halve the step and restart from the best point (module docstring, item 1)
+                        step *= 0.5
+                        delta, prev = best_delta.clone(), best_delta.clone()
+                        if i < n_iters - 1:
+                            _, grad = evaluate(delta, True)
+            if best_loss > best_over[0]:
+                best_over = (best_loss, best_delta)
+    except _Overflow as e:
+        row.update(status="failed", reason=str(e))
     worst_loss, worst_delta = best_over
-    row = {
+    failed = row["status"] != "ok"
+    row.update({
         "init_loss": init_loss,
-        "worst_loss": worst_loss,
-        "sharpness": worst_loss - init_loss,
-        "delta_l2": float(torch.linalg.vector_norm(worst_delta)),
-        "delta_norm": perturbation_norm(worst_delta, scale, p),
+        "worst_loss": math.nan if failed else worst_loss,
+        "sharpness": math.nan if failed else worst_loss - init_loss,
+        "delta_l2": math.nan if failed else float(torch.linalg.vector_norm(worst_delta)),
+        "delta_norm": math.nan if failed else perturbation_norm(worst_delta, scale, p),
         "n_loss_evals": n_evals,
-    }
+    })
     if "error" in init_m:
-        worst_m = obj.metrics(theta + worst_delta)
+        worst_m = obj.metrics(theta + worst_delta) if not failed else {}
         row["init_error"] = init_m["error"]
-        row["worst_error"] = worst_m.get("error", float("nan"))
+        row["worst_error"] = worst_m.get("error", math.nan)
         row["error_increase"] = row["worst_error"] - row["init_error"]
     return row
 
@@ -334,6 +348,24 @@ def _batches(data: Any, max_batches: int) -> list[Any]:
     if not out:
         raise LandscapeError("data yielded no batch (empty DataLoader?)")
     return out
+
+
+def _per_batch(model: torch.nn.Module, data: Any, loss_fn: LossFn | None, params: Any, max_batches: int,
+               adaptive: bool, progress: bool | None = None):
+    """The batch loop of every sharpness measure: per batch, an eval-mode :class:`Objective`, the unperturbed
+    weights ``theta`` (of the first batch, shared) and the perturbation scale; the weights are restored after
+    each batch, whatever happens."""
+    theta = scale = None
+    for b in _progress(_batches(data, int(max_batches)), progress):
+        obj = Objective(model, b, loss_fn, params=params, train_mode=False)
+        if theta is None:
+            theta = obj.get_vector()
+            scale = adaptive_scale(theta, adaptive)
+        try:
+            yield obj, theta, scale
+        finally:
+            if not torch.equal(obj.get_vector(), theta):  # never leave the model perturbed
+                obj.set_vector(theta)
 
 
 def worst_case_sharpness(
@@ -360,12 +392,14 @@ def worst_case_sharpness(
     """Adaptive (or plain) worst-case sharpness of ``model`` averaged over the first ``max_batches`` batches.
 
     ``data``: an iterable of batches (SharpBalance: a DataLoader of the training set without
-    augmentation, ``batch_size=5``, seeded shuffle) or one batch. ``loss_fn(model, batch)`` is the training
-    loop's convention (default: mean cross-entropy for integer targets). ``rho`` is the radius (SB default
-    0.5), ``p`` 2 or ``"inf"``. ``params`` selects the perturbed parameters (names/globs/predicate, default
-    all trainable; see :class:`~htsr.landscape.objective.Objective`); ``mask`` (name -> 0/1 tensor) keeps
-    pruned weights at zero as SB does for sparse models. ``seed`` drives ``init="random"`` only. The
-    model runs in eval mode and its weights, buffers and mode are unchanged afterwards.
+    augmentation, ``batch_size=5``, seeded shuffle) or one batch. ``loss_fn``: the training loop's
+    ``(model, batch)`` convention or a torch criterion ``(outputs, targets)`` (default: mean cross-entropy for
+    integer targets). ``rho`` is the radius (SB default 0.5), ``p`` 2 or ``"inf"``. ``params`` selects the
+    perturbed parameters (name patterns / predicate, default all trainable; see
+    :class:`~htsr.landscape.objective.Objective`); ``mask`` (name -> 0/1 tensor) keeps pruned weights at zero as
+    SB does for sparse models. ``seed`` drives ``init="random"`` only. The model runs in eval mode and its
+    weights, buffers and mode are unchanged afterwards. A batch whose perturbed loss overflows makes the result
+    ``status="failed"`` with a ``reason`` and a NaN sharpness.
     """
     rho = _check_rho(rho)
     p = _norm_p(p)
@@ -383,36 +417,28 @@ def worst_case_sharpness(
         raise ConfigError(f"step_size_mult must be > 0, got {step_size_mult}")
     import pandas as pd
 
-    batches = _batches(data, int(max_batches))
     gen = torch.Generator().manual_seed(int(seed))
     rows = []
-    theta = scale = mflat = None
-    for b in _progress(batches, progress):
-        obj = Objective(model, b, loss_fn, params=params, train_mode=False)
-        if theta is None:
-            theta = obj.get_vector()
-            scale = adaptive_scale(theta, adaptive)
-            mflat = _flat_mask(obj, mask)
-        before = obj.get_vector()
-        try:
-            rows.append(_apgd_batch(
-                obj, theta, scale, mflat, rho=rho, p=p, n_iters=int(n_iters), step_size_mult=float(step_size_mult),
-                momentum=float(momentum), min_update_ratio=float(min_update_ratio), momentum_rule=momentum_rule,
-                init=init, n_restarts=int(n_restarts), generator=gen))
-        finally:
-            if not torch.equal(obj.get_vector(), before):  # never leave the model perturbed
-                obj.set_vector(before)
+    for obj, theta, scale in _per_batch(model, data, loss_fn, params, max_batches, adaptive, progress):
+        rows.append(_apgd_batch(
+            obj, theta, scale, _flat_mask(obj, mask), rho=rho, p=p, n_iters=int(n_iters),
+            step_size_mult=float(step_size_mult), momentum=float(momentum), min_update_ratio=float(min_update_ratio),
+            momentum_rule=momentum_rule, init=init, n_restarts=int(n_restarts), generator=gen))
     df = pd.DataFrame(rows)
     df.index.name = "batch"
-    err = float(df["error_increase"].mean()) if "error_increase" in df else float("nan")
+    bad = df[df["status"] != "ok"]
+    status, reason = ("ok", "") if bad.empty else (
+        "failed", f"{len(bad)} of {len(df)} batches failed: {bad['reason'].iloc[0]}")
+    err = float(df["error_increase"].mean()) if "error_increase" in df and bad.empty else float("nan")
     settings = dict(n_iters=int(n_iters), step_size_mult=float(step_size_mult), momentum=float(momentum),
                     min_update_ratio=float(min_update_ratio), momentum_rule=momentum_rule, init=init,
                     n_restarts=int(n_restarts), seed=int(seed), max_batches=int(max_batches),
                     mode="eval", method="APGD (weight space)")
     return SharpnessResult(
-        sharpness=float(df["sharpness"].mean()), error_increase=err, rho=rho, p=p, adaptive=bool(adaptive),
-        n_batches=len(df), init_loss=float(df["init_loss"].mean()), max_delta_l2=float(df["delta_l2"].max()),
-        per_batch=df, settings=settings)
+        sharpness=float(df["sharpness"].mean()) if bad.empty else float("nan"), error_increase=err, rho=rho, p=p,
+        adaptive=bool(adaptive), n_batches=len(df), init_loss=float(df["init_loss"].mean()),
+        max_delta_l2=float(df["delta_l2"].max()) if bad.empty else float("nan"), per_batch=df, settings=settings,
+        status=status, reason=reason)
 
 
 def sharpness_table(
@@ -426,7 +452,7 @@ def sharpness_table(
 ):
     """:func:`worst_case_sharpness` for every ``(p, rho)`` (SB's ``APGD`` mode loops over both norms and
     a list of radii). Returns a DataFrame with columns p, rho, adaptive, sharpness, error_increase,
-    init_loss, max_delta_l2, n_batches."""
+    init_loss, max_delta_l2, n_batches, status, reason (a failed row has NaN numbers and says why)."""
     import pandas as pd
 
     if isinstance(rhos, (str, bytes)) or not isinstance(rhos, Sequence) or not rhos:
@@ -438,7 +464,7 @@ def sharpness_table(
             r = worst_case_sharpness(model, data, loss_fn, rho=rho, p=p, **kwargs)
             rows.append(dict(p=str(r.p), rho=r.rho, adaptive=r.adaptive, sharpness=r.sharpness,
                              error_increase=r.error_increase, init_loss=r.init_loss, max_delta_l2=r.max_delta_l2,
-                             n_batches=r.n_batches))
+                             n_batches=r.n_batches, status=r.status, reason=r.reason))
     return pd.DataFrame(rows)
 
 
@@ -459,21 +485,23 @@ def average_sharpness(
     """Average-case sharpness (the reference's ``eval_average_sharpness``): mean over batches of
     ``mean_k L_B(theta + delta_k) - L_B(theta)`` with ``delta_k = rho scale N(0,1)`` (p=2) or
     ``rho scale U(-1,1)`` (p=inf), ``scale = |theta|`` if adaptive; seeded. ``on_boundary=True`` draws
-    points on the surface of the worst-case set instead (a baseline for :func:`worst_case_sharpness`)."""
+    points on the surface of the worst-case set instead (a baseline for :func:`worst_case_sharpness`).
+    A perturbed loss that overflows raises :class:`~htsr.landscape.objective.NonFiniteLossError` (a failed
+    measurement), never a number."""
     rho = _check_rho(rho)
     p = _norm_p(p)
     if int(n_samples) < 1:
         raise ConfigError(f"n_samples must be >= 1, got {n_samples}")
     gen = torch.Generator().manual_seed(int(seed))
     vals = []
-    for b in _batches(data, int(max_batches)):
-        obj = Objective(model, b, loss_fn, params=params, train_mode=False)
-        theta = obj.get_vector()
-        scale = adaptive_scale(theta, adaptive)
+    for obj, theta, scale in _per_batch(model, data, loss_fn, params, max_batches, adaptive):
         base = obj.loss(theta)
         acc = 0.0
         for _ in range(int(n_samples)):
             acc += obj.loss(theta + random_perturbation(scale, rho, p, generator=gen, on_boundary=on_boundary))
+        if not math.isfinite(acc) or not math.isfinite(base):
+            raise NonFiniteLossError(f"average sharpness at rho={rho:g}: the loss at a perturbed point is not "
+                                     "finite (the perturbation leaves the range where the loss is finite)")
         vals.append(acc / int(n_samples) - base)
     return float(np.mean(vals))
 

@@ -1,6 +1,6 @@
 """The one training loop shared by every recipe, its callbacks and checkpoints."""
 
-from htsr.training.checkpoint import load_checkpoint, save_checkpoint
+from htsr.training.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from htsr.training.loop import (
     Callback,
     DivergedError,
@@ -14,4 +14,4 @@ from htsr.training.loop import (
 )
 
 __all__ = ["Callback", "DivergedError", "TrainResult", "TrainState", "TrainingError", "default_loss", "evaluate",
-           "load_checkpoint", "save_checkpoint", "seeded_loader", "train"]
+           "load_checkpoint", "load_weights", "save_checkpoint", "save_weights", "seeded_loader", "train"]

@@ -86,13 +86,14 @@ class TrainResult:
         return {} if self.history.empty else self.history.iloc[-1].to_dict()
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
+def to_device(batch: Any, device: torch.device) -> Any:
+    """A batch (tensor, mapping or tuple/list of them, nested) with every tensor moved to ``device``."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, Mapping):
-        return {k: _to_device(v, device) for k, v in batch.items()}
+        return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, tuple | list):
-        return type(batch)(_to_device(b, device) for b in batch)
+        return type(batch)(to_device(b, device) for b in batch)
     return batch
 
 
@@ -140,7 +141,7 @@ def evaluate(model: nn.Module, data: Iterable[Any], loss_fn: LossFn | None = Non
     total, n, correct, n_cls = 0.0, 0, 0, 0
     try:
         for batch in data:
-            batch = _to_device(batch, device)
+            batch = to_device(batch, device)
             bs = batch_size(batch)
             total += float(loss_fn(model, batch)) * bs
             n += bs
@@ -254,7 +255,7 @@ def train(
             t_epoch = time.perf_counter()
             loss_sum, n_seen, n_batches = 0.0, 0, 0
             for batch in train_data:
-                batch = _to_device(batch, device)
+                batch = to_device(batch, device)
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_fn(model, batch)
                 if loss.ndim != 0:
