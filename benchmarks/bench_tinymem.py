@@ -37,7 +37,8 @@ def run(layers: int, artifact: str, epochs: int, out: Path, retain_size: int | N
     opt = ["--retain-size", str(retain_size)] if retain_size else []
     opt += ["--threads", str(threads)] if threads else []
     rc = _compare(["--preset", preset, "--artifact", artifact, "--layers", str(layers), "--epochs", str(epochs),
-                   "--batch-size", str(batch_size), *opt, "--device", device, "--methods", methods, "--out", str(d)])
+                   "--batch-size", str(batch_size), *opt, "--device", device, "--methods", methods, "--out-dir", str(d),
+                   "--overwrite"])
     total = time.perf_counter() - t0
     if rc != 0:
         return {"layers": layers, "artifact": artifact, "rc": rc}

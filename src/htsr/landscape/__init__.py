@@ -10,7 +10,8 @@ from htsr._lazy import lazy_exports
 
 _WHERE = {
     "Objective": "objective", "LandscapeError": "objective", "NonFiniteLossError": "objective",
-    "reestimate_bn": "objective", "check_same_architecture": "objective",
+    "reestimate_bn": "objective", "check_same_architecture": "objective", "as_model_loss": "objective",
+    "CriterionLoss": "objective", "forward_batch": "objective", "model_output_tensor": "objective",
     "top_eigenvalues": "hessian", "hessian_trace": "hessian", "spectral_density": "hessian",
     "hessian_summary": "hessian", "EigenResult": "hessian", "TraceResult": "hessian", "DensityResult": "hessian",
     "random_direction": "directions", "model_direction": "directions", "plane_through": "directions",
