@@ -61,18 +61,23 @@ def recipe_model(seed: int, epochs: int = 3, weights: str | None = None) -> Any:
     with seeded_init(seed):  # seeded initialisation without touching the global RNG
         model = digits_cnn()
     if weights is not None:
-        from htsr.training import load_weights
-
-        if Path(weights).suffix.lower() != ".safetensors":
-            from htsr.errors import SourceError
-
-            raise SourceError(f"{weights}: expected a .safetensors file of the digits CNN recipe")
-        load_weights(weights, model)
+        _load_weights(model, weights)
         return model.eval()
     x, y, _, _ = digits_data()
     train(model, seeded_loader(x, y, 50, seed), torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
           epochs=epochs, progress=False)
     return model.eval()
+
+
+def _load_weights(model: Any, path: str) -> None:
+    """Recipe weights from a safetensors file, through :func:`htsr.training.load_weights` (the one weights
+    reader); a file that is not ``.safetensors`` is a :class:`~htsr.errors.SourceError`."""
+    from htsr.errors import SourceError
+    from htsr.training import load_weights
+
+    if Path(path).suffix.lower() != ".safetensors":
+        raise SourceError(f"{path}: expected a .safetensors file of the digits CNN recipe")
+    load_weights(path, model)
 
 
 def _weights_in(s: str) -> str:

@@ -59,18 +59,19 @@ def save_testbed(path: str | Path, model: nn.Module, optimizer: torch.optim.Opti
     return save_checkpoint(path, model, optimizer, meta)
 
 
-def _spec(p: Path, extra: Any) -> dict[str, Any]:
+def _spec(meta_file: Path, extra: Any) -> dict[str, Any]:
     from htsr.errors import SourceError
 
     if not isinstance(extra, dict) or extra.get("schema") != SCHEMA:
         got = extra.get("schema") if isinstance(extra, dict) else type(extra).__name__
-        raise SourceError(f"{p} is an htsr checkpoint but not a TinyMem one (schema {got!r})")
+        raise SourceError(f"{meta_file.parent} is an htsr checkpoint but not a TinyMem one (schema {got!r})")
     spec = extra.get("model")
+    if not isinstance(spec, dict):
+        raise SourceError(f"{meta_file}: extra.model must be an object of make_model arguments")
     keys = {"n_layer", "vocab_size", "max_ctx", "n_embd", "n_head"}
-    if not isinstance(spec, dict) or set(spec) != keys or not all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in spec.values()):
-        raise SourceError(f"{p}: checkpoint.json's model entry must hold positive integers {sorted(keys)}, "
-                          f"got {spec!r}")
+    if set(spec) != keys or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in spec.values()):
+        raise SourceError(f"{meta_file}: extra.model does not describe a TinyMem model (expected positive integers "
+                          f"{', '.join(sorted(keys))}; got {spec!r})")
     return spec
 
 
@@ -98,8 +99,10 @@ def load_testbed(path: str | Path, with_optimizer: bool = False) -> tuple[nn.Mod
         meta = json.loads(meta_file.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SourceError(f"{meta_file}: not valid JSON ({e})") from None
-    extra = meta.get("extra") if isinstance(meta, dict) else None
-    model = make_model(**_spec(p, extra))
+    if not isinstance(meta, dict):
+        raise SourceError(f"{meta_file}: expected a JSON object, got {type(meta).__name__}")
+    extra = meta.get("extra")
+    model = make_model(**_spec(meta_file, extra))
     opt = None
     if with_optimizer and (p / "optimizer.safetensors").is_file():
         opt = make_optimizer(model)  # its param groups (lr included) are replaced by the saved ones

@@ -65,30 +65,6 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     return out
 
 
-def save_weights(path: str | Path, model: nn.Module) -> Path:
-    """A model's state dict as one safetensors file, atomically (tied tensors stored as copies)."""
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _write_bytes(Path(path), save(_dedupe(weights)))
-    return Path(path)
-
-
-def load_weights(path: str | Path, model: nn.Module, strict: bool = True) -> None:
-    """Load a safetensors file of ``model``'s state dict (the one reader of weight files: :func:`load_checkpoint`
-    uses it too). A missing file, a file that is not safetensors, or weights of another architecture are a
-    :class:`~htsr.errors.SourceError` naming the file."""
-    p = Path(path)
-    if not p.is_file():
-        raise SourceError(f"{p}: no such weights file")
-    try:
-        state = load_file(str(p))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise SourceError(f"{p}: not a readable safetensors file ({str(e).splitlines()[0] if str(e) else e!r})") from e
-    try:
-        model.load_state_dict(state, strict=strict)
-    except RuntimeError as e:
-        raise SourceError(f"{p}: weights do not fit the model ({str(e).splitlines()[0]})") from e
-
-
 def _write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
@@ -113,10 +89,35 @@ def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.O
     if not meta_path.is_file():
         raise SourceError(f"{d} is not a complete htsr checkpoint (no checkpoint.json)")
     meta = json.loads(meta_path.read_text())
-    load_weights(d / "model.safetensors", model, strict)
+    state = load_file(str(d / "model.safetensors"))
+    model.load_state_dict(state, strict=strict)
     if optimizer is not None:
         if "optimizer" not in meta:
             raise SourceError(f"{d} holds no optimizer state")
         tensors = load_file(str(d / "optimizer.safetensors"))
         optimizer.load_state_dict(_unflatten_optimizer(meta["optimizer"], tensors))
     return meta.get("extra", {})
+
+
+def save_weights(path: str | Path, model: nn.Module) -> Path:
+    """A model's state dict as one safetensors file, atomically (tied tensors stored as copies)."""
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    _write_bytes(Path(path), save(_dedupe(weights)))
+    return Path(path)
+
+
+def load_weights(path: str | Path, model: nn.Module, strict: bool = True) -> None:
+    """Load a single safetensors file of ``model``'s state dict (the landscape recipes' ``--weights``). A missing
+    file, a file that is not safetensors, or weights of another architecture are a
+    :class:`~htsr.errors.SourceError` naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise SourceError(f"{p}: no such weights file")
+    try:
+        state = load_file(str(p))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise SourceError(f"{p}: not a readable safetensors file ({str(e).splitlines()[0] if str(e) else e!r})") from e
+    try:
+        model.load_state_dict(state, strict=strict)
+    except RuntimeError as e:
+        raise SourceError(f"{p}: weights do not fit the model ({str(e).splitlines()[0]})") from e
