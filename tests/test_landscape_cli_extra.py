@@ -26,15 +26,16 @@ def test_cka_between_two_models_and_one_model_with_itself(weights, tmp_path, cap
                  "--softmax", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["estimator"] == "biased" and set(res["cka"]) == {"1", "<output>"}
-    vals = [v for row in res["cka"].values() for v in row.values()]
-    assert all(0 <= v <= 1 + 1e-9 for v in vals)
-    assert res["cka"]["<output>"]["<output>"] < 1 - 1e-6  # two different seeds are not identical
+    entries = [e for row in res["cka"].values() for e in row.values()]
+    assert all(0 <= e["cka"] <= 1 + 1e-9 and e["status"] == "ok" and e["reason"] == "" for e in entries)
+    assert res["cka"]["<output>"]["<output>"]["cka"] < 1 - 1e-6  # two different seeds are not identical
     same = tmp_path / "same.csv"
     assert main(["landscape", "cka", "--weights", str(a), str(a), "--samples", "150", "--out", str(same)]) == 0
     import pandas as pd
 
-    t = pd.read_csv(same).set_index("layer_a")
-    assert t.loc["<output>", "<output>"] == pytest.approx(1.0)  # a model compared with itself
+    t = pd.read_csv(same).set_index(["layer_a", "layer_b"])  # long format: one row per pair, with its status
+    assert t.loc[("<output>", "<output>"), "cka"] == pytest.approx(1.0)  # a model compared with itself
+    assert t.loc[("<output>", "<output>"), "status"] == "ok"
     assert "linear CKA" in capsys.readouterr().out
 
 
