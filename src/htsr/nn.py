@@ -94,11 +94,10 @@ def weight_2d(mod: nn.Module, *, differentiable: bool = False) -> torch.Tensor:
     """The ``(out, in)`` weight of a Linear, or a transposed view of an HF Conv1D's ``(in, out)`` weight (in-place
     edits through the view stick). Works on ``.weight.data`` (no autograd history) unless ``differentiable``: then
     a view of the parameter itself, for losses on the weights (a spectral-norm penalty)."""
-    w = mod.weight if differentiable else getattr(mod.weight, "data", None)
     if isinstance(mod, nn.Linear):
-        return w
+        return mod.weight if differentiable else mod.weight.data
     if is_hf_conv1d(mod):
-        return w.t()
+        return (mod.weight if differentiable else mod.weight.data).t()
     raise LayoutError(f"{type(mod).__name__} is not a linear-like layer (expected nn.Linear or HF Conv1D)")
 
 

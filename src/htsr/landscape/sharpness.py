@@ -260,11 +260,11 @@ def _apgd_batch(
         nonlocal n_evals
         n_evals += 1
         if not bool(torch.isfinite(delta).all()):
-            raise _Overflow(f"the perturbation overflowed (non-finite entries at rho={rho:g})")
+            raise _Overflow(f"the perturbation is not finite (it overflows at rho={rho:g})")
         loss, grad = obj.loss_and_grad(theta + delta) if with_grad else (obj.loss(theta + delta), None)
         if not math.isfinite(loss):
-            raise _Overflow(f"the loss at a perturbed point is {loss} (rho={rho:g}: the perturbation leaves the "
-                            "range where the loss is finite)")
+            raise _Overflow(f"the loss at a perturbed point is not finite ({loss}; rho={rho:g} leaves the range "
+                            "where the loss is finite)")
         return loss, grad
 
     def direction(g: torch.Tensor) -> torch.Tensor:
