@@ -331,8 +331,8 @@ def analyze(
         own = isinstance(executor, str)
         ex = make_executor(executor) if own else executor
         try:
-            rows, store, rstore, n_parts = analyze_distributed(source, cfg, ex, allow_pickle=allow_pickle,
-                                                               progress=progress)
+            rows, store, rstore, n_parts = analyze_distributed(source, cfg, ex, analyze_part,
+                                                               allow_pickle=allow_pickle, progress=progress)
         finally:
             if own:
                 ex.close()
@@ -406,6 +406,24 @@ def analyze(
     meta = _metadata(source, base, lora, cfg, t0)
     meta["workers"] = workers
     return Analysis(rows, store, meta, cfg, rstore)
+
+
+def analyze_part(source: str, names: Sequence[str], config: dict[str, Any], allow_pickle: bool = False,
+                 ) -> tuple[list[dict], dict[str, list[float]], dict[str, list[float]]]:
+    """Rows, eigenvalues and randomized eigenvalues of the tensors ``names`` of ``source`` (a task's work)."""
+    cfg = AnalysisConfig.from_dict(config)
+    wanted = set(names)
+    store: dict[str, np.ndarray] = {}
+    rstore: dict[str, np.ndarray] = {}
+    rows: list[dict] = []
+    for entry in iter_entries(source, allow_pickle=allow_pickle):
+        if entry.name in wanted:
+            rows.extend(_process_entry(entry, cfg, store, rstore))
+    return rows, {k: v.tolist() for k, v in store.items()}, {k: v.tolist() for k, v in rstore.items()}
+
+
+def _part_cell(source: str, names: list[str], config: dict[str, Any], allow_pickle: bool) -> Any:
+    return analyze_part(source, names, config, allow_pickle)
 
 
 def _metadata(source: Any, base: Any, lora: bool, cfg: AnalysisConfig, t0: float) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,27 +19,6 @@ import numpy as np
 from htsr.errors import ConfigError
 from htsr.experiments.sweep import Cell
 from htsr.spectra.config import AnalysisConfig
-
-
-def analyze_part(source: str, names: Sequence[str], config: dict[str, Any], allow_pickle: bool = False,
-                 ) -> tuple[list[dict], dict[str, list[float]], dict[str, list[float]]]:
-    """Rows, eigenvalues and randomized eigenvalues of the tensors ``names`` of ``source`` (a task's work)."""
-    from htsr.spectra.analysis import _process_entry
-    from htsr.spectra.sources import iter_entries
-
-    cfg = AnalysisConfig.from_dict(config)
-    wanted = set(names)
-    store: dict[str, np.ndarray] = {}
-    rstore: dict[str, np.ndarray] = {}
-    rows: list[dict] = []
-    for entry in iter_entries(source, allow_pickle=allow_pickle):
-        if entry.name in wanted:
-            rows.extend(_process_entry(entry, cfg, store, rstore))
-    return rows, {k: v.tolist() for k, v in store.items()}, {k: v.tolist() for k, v in rstore.items()}
-
-
-def _part_cell(source: str, names: list[str], config: dict[str, Any], allow_pickle: bool) -> Any:
-    return analyze_part(source, names, config, allow_pickle)
 
 
 def split_parts(sizes: Sequence[int], n_parts: int) -> list[slice]:
@@ -60,9 +39,11 @@ def split_parts(sizes: Sequence[int], n_parts: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
 
 
-def analyze_distributed(source: Any, cfg: AnalysisConfig, executor: Any, *, allow_pickle: bool = False,
-                        parts: int | None = None, progress: bool = False) -> tuple[list[dict], dict, dict, int]:
-    """Rows (in the local order), eigenvalue stores and the number of parts, computed on ``executor``."""
+def analyze_distributed(source: Any, cfg: AnalysisConfig, executor: Any, part_fn: Callable[..., Any], *,
+                        allow_pickle: bool = False, parts: int | None = None, progress: bool = False
+                        ) -> tuple[list[dict], dict, dict, int]:
+    """Rows (in the local order), eigenvalue stores and the number of parts, computed on ``executor``:
+    ``part_fn(source, names, config, allow_pickle)`` (:func:`htsr.spectra.analysis.analyze_part`) runs per part."""
     from htsr.progress import progress_bar
     from htsr.spectra.sources import iter_entries
 
@@ -82,7 +63,7 @@ def analyze_distributed(source: Any, cfg: AnalysisConfig, executor: Any, *, allo
     rstore: dict[str, np.ndarray] = {}
     bar = progress_bar(progress, total=len(cells), desc="htsr analyze (parts)", unit="part")
     try:
-        for cell, out in executor.map(_part_cell, cells):
+        for cell, out in executor.map(part_fn, cells):
             first = order[cell.params["names"][0]]
             if isinstance(out, BaseException):  # one lost part never kills the analysis: its rows say why
                 results[first] = [{"name": n, "module": n, "param": n, "kind": "unknown", "status": "error",
