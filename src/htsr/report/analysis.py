@@ -53,6 +53,15 @@ HOW_TO_READ = [
 ]
 
 
+def finish(chart: Any, datasets: dict[str, list]) -> dict:
+    """An altair chart as a Vega-Lite spec dict with its named ``datasets`` attached (not validated row by row:
+    fast), without the ``$schema`` URL (a report holds no URL)."""
+    spec = chart.to_dict(validate=VALIDATE)
+    spec.pop("$schema", None)
+    spec["datasets"] = datasets
+    return spec
+
+
 def _f(v: Any) -> float | None:
     try:
         f = float(v)
@@ -152,9 +161,7 @@ def _alpha_chart(records: list[dict], *, color: str = "band", delta: bool = Fals
     pts = base.mark_point(filled=True, size=46, cursor="pointer", opacity=0.9).encode(x=x, y=y, color=col,
                                                                                       tooltip=tips)
     chart = alt.layer(band, line, pts).properties(width=900, height=300)
-    spec = chart.to_dict(validate=VALIDATE)
-    spec["datasets"] = {"layers": records}
-    return spec
+    return finish(chart, {"layers": records})
 
 
 def _delta_chart(records: list[dict]) -> dict:
@@ -167,9 +174,7 @@ def _delta_chart(records: list[dict]) -> dict:
         tooltip=[alt.Tooltip("name:N", title="layer"), alt.Tooltip("alpha:Q", format=".4g"),
                  alt.Tooltip("alpha_base:Q", format=".4g"), alt.Tooltip("delta:Q", format="+.4g")],
     ).transform_filter("isValid(datum.delta)").properties(width=900, height=220)
-    spec = chart.to_dict(validate=VALIDATE)
-    spec["datasets"] = {"delta": records}
-    return spec
+    return finish(chart, {"delta": records})
 
 
 def esd_spec() -> dict:
@@ -202,9 +207,7 @@ def esd_spec() -> dict:
             x=xs, y="y:Q", color=col, tooltip=tip),
         part("ccdf", ("xmin",)).mark_rule(strokeDash=[4, 3], strokeWidth=1.6).encode(x=xs, color=col),
     ).properties(width=430, height=300, title="complementary CDF")
-    spec = alt.hconcat(dens, ccdf).resolve_scale(color="shared").to_dict(validate=VALIDATE)
-    spec["datasets"] = {"esd": []}
-    return spec
+    return finish(alt.hconcat(dens, ccdf).resolve_scale(color="shared"), {"esd": []})
 
 
 def _layer_info(r: dict) -> str:
