@@ -224,9 +224,10 @@ def test_unwritable_path_and_failure_mid_write_leave_no_file(saved, tmp_path, mo
     blocker.write_text("a file, not a directory")
     with pytest.raises(HtsrError, match="cannot write .*file.txt is not a directory"):
         write_report(d / "with.json", blocker / "r.html")
-    with pytest.raises(HtsrError, match="is a directory"):
-        write_report(d / "with.json", tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+    (tmp_path / "dir.html").mkdir()
+    with pytest.raises(HtsrError, match="dir.html is a directory"):
+        write_report(d / "with.json", tmp_path / "dir.html")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.html", "file.txt"]
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o500)
