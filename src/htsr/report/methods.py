@@ -51,7 +51,8 @@ def _table(sid: str, title: str, df: Any, caption: str | None = None, filter_col
     cols = [c for c in first if c in df.columns] + [c for c in df.columns if c not in first]
     return {"type": "table", "id": sid, "title": title, "caption": caption or "Click a column to sort it; type to "
             "filter.", "rows": _records(df[cols]), "filter_column": filter_column if filter_column in cols else None,
-            "columns": [{"key": str(c), "label": str(c), "text": not is_numeric_dtype(df[c])} for c in cols],
+            "columns": [{"key": str(c), "label": str(c), "text": not is_numeric_dtype(df[c]),
+                         "wrap": not is_numeric_dtype(df[c])} for c in cols],
             "link": None}
 
 
