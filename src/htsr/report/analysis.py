@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -178,7 +180,13 @@ def _delta_chart(records: list[dict]) -> dict:
 
 
 def esd_spec() -> dict:
-    """The ESD viewer: density histogram and complementary CDF in log-log, with the fit and xmin (data ``esd``)."""
+    """The ESD viewer: density histogram and complementary CDF in log-log, with the fit and xmin (data ``esd``).
+    The spec does not depend on the data: built once per process (and per :data:`VALIDATE`)."""
+    return json.loads(_esd_spec_text(VALIDATE))
+
+
+@functools.lru_cache(maxsize=2)
+def _esd_spec_text(validate: bool) -> str:
     import altair as alt
 
     data = alt.Data(name="esd")
@@ -212,7 +220,7 @@ def esd_spec() -> dict:
     ).properties(width=430, height=300, title="complementary CDF")
     spec = finish(alt.hconcat(dens, ccdf).resolve_scale(color="shared"), {"esd": []})
     spec["padding"] = {"left": 24, "right": 5, "top": 5, "bottom": 5}  # room for the exponent labels
-    return spec
+    return json.dumps(spec)
 
 
 def _layer_info(r: dict) -> str:
