@@ -289,3 +289,18 @@ def test_base_must_be_an_analysis(saved, tmp_path):
         build_report(d / "with.json", base=tm)
     with pytest.raises(ReportError, match="--base applies to analyses only"):
         build_report(tm, base=d / "with.json")
+
+
+def test_randomized_analysis_shows_traps_and_randomized_esd(torch_one_thread):
+    from htsr.spectra.analysis import analyze
+    from tests.conftest import heavy_tailed
+
+    w = heavy_tailed(200, 100, seed=7)
+    w[0, 0] = 400.0  # one huge entry: the shuffled matrix keeps a spike above its MP edge (a correlation trap)
+    an = analyze({"trap.weight": w, "plain.weight": heavy_tailed(180, 90, seed=8)}, randomize=True)
+    assert detect(an) == "analysis"
+    secs = {s["id"]: s for s in build_report(an).sections}
+    cards = {c["label"]: c["value"] for c in secs["summary"]["items"]}
+    traps = sum(1 for r in an.rows if r["status"] == "success" and r.get("rand_num_spikes", 0) > 0)
+    assert traps >= 1 and cards["correlation traps"] == traps
+    assert "rand_hist" in secs["esd"]["layers"]["trap"] and "rand_ccdf" in secs["esd"]["layers"]["trap"]
