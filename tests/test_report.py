@@ -304,3 +304,21 @@ def test_randomized_analysis_shows_traps_and_randomized_esd(torch_one_thread):
     traps = sum(1 for r in an.rows if r["status"] == "success" and r.get("rand_num_spikes", 0) > 0)
     assert traps >= 1 and cards["correlation traps"] == traps
     assert "rand_hist" in secs["esd"]["layers"]["trap"] and "rand_ccdf" in secs["esd"]["layers"]["trap"]
+
+
+def test_bundle_is_cached_and_a_missing_vl_convert_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    from htsr.report import bundle
+
+    monkeypatch.setenv("HTSR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(bundle, "_memo", {})
+    monkeypatch.setattr(bundle, "bundle_version", lambda: "test")
+    monkeypatch.setattr(bundle, "vegalite_version", lambda: None)
+    monkeypatch.setitem(sys.modules, "vl_convert", None)  # import fails
+    with pytest.raises(ReportError, match=r"needs vl-convert-python .*pip install 'htsr\[report\]'"):
+        bundle.javascript_bundle()
+    cached = tmp_path / "report" / "vega-bundle-test-vllatest.js"
+    cached.parent.mkdir(parents=True)
+    cached.write_text("window.vegaEmbed = function () {};")  # a cached bundle needs no vl-convert
+    assert bundle.javascript_bundle() == "window.vegaEmbed = function () {};"
