@@ -322,3 +322,20 @@ def test_bundle_is_cached_and_a_missing_vl_convert_is_a_clear_error(tmp_path, mo
     cached.parent.mkdir(parents=True)
     cached.write_text("window.vegaEmbed = function () {};")  # a cached bundle needs no vl-convert
     assert bundle.javascript_bundle() == "window.vegaEmbed = function () {};"
+
+
+def test_names_cannot_inject_markup(saved, tmp_path):
+    from htsr.spectra.analysis import Analysis
+
+    _, d = saved
+    an = Analysis.load(d / "with.json")
+    evil = "</script><script>alert(1)</script><!--&"
+    old = an.rows[0]["name"]
+    an.rows[0]["name"] = evil
+    an.evals[evil] = an.evals.pop(old)
+    out = tmp_path / "e.html"
+    write_report(an, out)
+    html = out.read_text()
+    assert "alert(1)</script>" not in html and "<!--&" not in html
+    data = _data(html)
+    assert next(s for s in data["sections"] if s["id"] == "table")["rows"][0]["name"] == evil
