@@ -314,7 +314,7 @@ def test_bundle_is_cached_and_a_missing_vl_convert_is_a_clear_error(tmp_path, mo
     monkeypatch.setenv("HTSR_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(bundle, "_memo", {})
     monkeypatch.setattr(bundle, "bundle_version", lambda: "test")
-    monkeypatch.setattr(bundle, "vegalite_version", lambda: None)
+    monkeypatch.setattr(bundle, "vegalite_version", lambda: "latest")
     monkeypatch.setitem(sys.modules, "vl_convert", None)  # import fails
     with pytest.raises(ReportError, match=r"needs vl-convert-python .*pip install 'htsr\[report\]'"):
         bundle.javascript_bundle()
@@ -339,3 +339,12 @@ def test_names_cannot_inject_markup(saved, tmp_path):
     assert "alert(1)</script>" not in html and "<!--&" not in html
     data = _data(html)
     assert next(s for s in data["sections"] if s["id"] == "table")["rows"][0]["name"] == evil
+
+
+def test_stored_chart_specs_are_the_altair_builders_output():
+    """The analysis charts are stored as JSON (no altair import per report): they must equal what
+    htsr.report.charts builds now, validated against the Vega-Lite schema (regenerate: python -m htsr.report.charts)."""
+    from htsr.report import _specs, charts
+
+    assert charts.build_all() == _specs.SPECS
+    assert charts.vegalite_version() == _specs.VEGALITE_VERSION

@@ -67,19 +67,16 @@ def bundle_version() -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", v)
 
 
-def vegalite_version() -> str | None:
-    """The Vega-Lite version (``major.minor``) of altair's specs when vl-convert has it (None: vl-convert's latest)."""
-    try:
-        import altair
-    except ImportError:
-        return None
-    want = ".".join(altair.SCHEMA_VERSION.lstrip("v").split(".")[:2])
-    return want if want in _vlc().get_vegalite_versions() else None
+def vegalite_version() -> str:
+    """The Vega-Lite version (``major.minor``) the report's specs were written for (altair's, when generated)."""
+    from htsr.report._specs import VEGALITE_VERSION
+
+    return VEGALITE_VERSION
 
 
 def cache_path() -> Path:
     """Where the bundle of the installed vl-convert (and Vega-Lite version) is cached."""
-    return _cache_dir() / f"vega-bundle-{bundle_version()}-vl{vegalite_version() or 'latest'}.js"
+    return _cache_dir() / f"vega-bundle-{bundle_version()}-vl{vegalite_version()}.js"
 
 
 def javascript_bundle() -> str:
@@ -97,8 +94,8 @@ def javascript_bundle() -> str:
     except OSError:
         text = None
     if text is None:
-        vl = vegalite_version()
-        text = _vlc().javascript_bundle(vl_version=vl) if vl else _vlc().javascript_bundle()
+        vlc, vl = _vlc(), vegalite_version()
+        text = vlc.javascript_bundle(vl_version=vl) if vl in vlc.get_vegalite_versions() else vlc.javascript_bundle()
         try:
             from htsr.io import atomic_write
 
