@@ -920,7 +920,7 @@ SPECS = json.loads(r"""{
   ],
   "padding": {
    "bottom": 5,
-   "left": 24,
+   "left": 44,
    "right": 5,
    "top": 5
   },

@@ -103,7 +103,7 @@ def esd_chart() -> dict:
         part("ccdf", ("xmin",)).mark_rule(strokeDash=[4, 3], strokeWidth=1.6).encode(x=xs, color=col),
     ).properties(width=430, height=300, title="complementary CDF")
     spec = _dict(alt.hconcat(dens, ccdf).resolve_scale(color="shared"))
-    spec["padding"] = {"left": 24, "right": 5, "top": 5, "bottom": 5}  # room for the exponent labels
+    spec["padding"] = {"left": 44, "right": 5, "top": 5, "bottom": 5}  # room for the exponent labels
     return spec
 
 
