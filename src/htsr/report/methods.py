@@ -125,7 +125,7 @@ def pruning(path: Path) -> tuple[list[dict], str]:
     spars = alt.Chart(alt.Data(name="sparsity")).mark_line(point=True).encode(
         x=x, y=alt.Y("sparsity:Q", title="sparsity"), color=alt.Color("series:N", title=None,
                                                                       legend=alt.Legend(orient="top")),
-        tooltip=tips).properties(width=900, height=280)
+        strokeDash=alt.StrokeDash("series:N", title=None, legend=None), tooltip=tips).properties(width=900, height=280)
     sections = [{"type": "cards", "id": "summary", "title": "Summary", "items": cards},
                 {"type": "chart", "id": "sparsity", "title": "Sparsity per layer", "link": None,
                  "spec": _spec(spars, {"sparsity": _records(long)}),
