@@ -12,6 +12,7 @@ without an apt install. Luke and Acts are held out: the clean perplexity is meas
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -31,6 +32,22 @@ __all__ = ["HELD_OUT", "ByteTokenizer", "HFTokenizer", "check_causal", "clean_id
            "load_model", "pretrain_small_lm", "small_gpt2", "tokenizer_for"]
 
 HELD_OUT = ("Luke", "Acts")
+
+
+@contextlib.contextmanager
+def quiet_hf():
+    """Hugging Face's progress bars and notices off inside the block (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 class ByteTokenizer:
@@ -87,13 +104,28 @@ def _causal_names() -> frozenset[str]:
 
 
 def check_causal(model: nn.Module) -> None:
-    """A :class:`PhishingError` unless ``model`` is a Hugging Face causal LM (a class of
-    ``AutoModelForCausalLM``'s mapping: GPT2LMHeadModel, GPTNeoXForCausalLM, LlamaForCausalLM, ...)."""
+    """A :class:`PhishingError` unless ``model`` is a Hugging Face causal LM: a class of ``AutoModelForCausalLM``'s
+    mapping (GPT2LMHeadModel, GPTNeoXForCausalLM, LlamaForCausalLM, ...) whose predictions at a position do not
+    change when a later token does (a BERT checkpoint loaded with an LM head fails this)."""
+    from htsr.devices import model_device
+    from htsr.nn import eval_mode
+
     name = type(model).__name__
     if name not in _causal_names() or not hasattr(model, "generate"):
         raise PhishingError(f"{name} is not a Hugging Face causal language model; the attack generates text "
                             "greedily, so it needs an AutoModelForCausalLM class (e.g. GPT2LMHeadModel, "
                             "GPTNeoXForCausalLM, LlamaForCausalLM)")
+    vocab = int(getattr(model.config, "vocab_size", 256))
+    x = torch.tensor([[11, 12, 13, 14, 15]]) % vocab
+    y = x.clone()
+    y[0, -1] = (x[0, -1] + 1) % vocab
+    dev = model_device(model)
+    with torch.no_grad(), eval_mode(model):
+        a = model(input_ids=x.to(dev)).logits[0, :-1].float()
+        b = model(input_ids=y.to(dev)).logits[0, :-1].float()
+    if float((a - b).abs().max()) > 1e-4 * max(1.0, float(a.abs().max())):
+        raise PhishingError(f"{name} is not a causal language model: its predictions depend on later tokens "
+                            "(a bidirectional encoder such as BERT with an LM head); the attack needs a causal LM")
 
 
 def load_model(path: str | Path, device: str = "cpu") -> tuple[nn.Module, ByteTokenizer | HFTokenizer]:
@@ -109,7 +141,8 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[nn.Module, ByteTo
     if cfg.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise PhishingError(f"{d}: model type {cfg.model_type!r} has no causal-LM head in transformers; the attack "
                             "needs a causal language model (GPT-2, GPT-NeoX/Pythia, LLaMA-style, ...)")
-    model = AutoModelForCausalLM.from_pretrained(str(d), local_files_only=True)
+    with quiet_hf():
+        model = AutoModelForCausalLM.from_pretrained(str(d), local_files_only=True)
     check_causal(model)
     return model.to(device), tokenizer_for(d, int(cfg.vocab_size))
 
@@ -165,9 +198,10 @@ def small_gpt2(cfg: PretrainConfig) -> nn.Module:
 
     gcfg = GPT2Config(vocab_size=256, n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
                       n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0,
-                      eos_token_id=0, pad_token_id=0)
+                      eos_token_id=0, pad_token_id=0, loss_type="ForCausalLM")
     torch.manual_seed(cfg.seed)
-    return GPT2LMHeadModel(gcfg)
+    with quiet_hf():
+        return GPT2LMHeadModel(gcfg)
 
 
 class _Windows:
@@ -202,7 +236,9 @@ def pretrain_small_lm(cfg: PretrainConfig, cache_dir: str | Path, device: str = 
         except (OSError, ValueError):
             info = {}
         if info.get("config") == cfg.to_dict():
-            return GPT2LMHeadModel.from_pretrained(str(d), local_files_only=True).to(device), tok, info
+            with quiet_hf():
+                model = GPT2LMHeadModel.from_pretrained(str(d), local_files_only=True)
+            return model.to(device), tok, info
     model = small_gpt2(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.1, betas=(0.9, 0.95))
     warm = max(cfg.steps // 20, 1)
@@ -219,7 +255,8 @@ def pretrain_small_lm(cfg: PretrainConfig, cache_dir: str | Path, device: str = 
     tmp = d.with_name(d.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.to("cpu").save_pretrained(tmp)
+    with quiet_hf():
+        model.to("cpu").save_pretrained(tmp)
     write_json(tmp / "pretrain.json", info)
     if d.exists():
         shutil.rmtree(d)
