@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -247,3 +248,13 @@ def test_peft_rank_config_bad_input():
         peft_rank_config(tiny_bert(), [1, 2], ("query",))
     with pytest.raises(LoraError, match="match none"):
         peft_rank_config(tiny_bert(), [1, 2, 3], ("nope",))
+
+
+def test_layer_alphas_failed_fit_is_an_error():
+    model = tiny_bert(hidden=64, layers=2)
+    with torch.no_grad():
+        model.encoder.layer[1].attention.self.query.weight.zero_()  # no spectrum to fit: alpha NaN
+    with pytest.raises(LoraError, match="alpha fit failed .*encoder.layer.1.attention.self.query"):
+        layer_alphas(model, ("query", "key"))
+    alphas, _, _ = layer_alphas(model, ("query", "key"), nan_policy="skip")
+    assert np.isfinite(alphas).all()

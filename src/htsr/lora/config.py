@@ -11,8 +11,11 @@ six Linears of each targeted), an expert budget of 24 (4 per block on average), 
 held-out texts.
 
 Preset ``paper`` (a GPU and a local 7B decoder, ``--model DIR``): the reference's hyper-parameters: budget 160,
-beta 2.5, rank 8, lora_alpha 16, dropout 0.05, lr 3e-4, 20 epochs, batch 128 as micro-batches of 8, 100 warm-up
-steps, max length 256, the seven projections.
+beta 2.5, rank 8, lora_alpha 16, dropout 0.05, lr 3e-4, 20 epochs, batch 128 (the reference accumulates 16
+micro-batches of 8; here one batch of 128), 100 warm-up steps, max length 256, the seven projections.
+
+The plain-LoRA variants (``lora_uniform``, ``lora_alpha``) use rank ``lora_rank`` (0: ``budget * r / blocks``, the
+parameter count of the MoE variants' experts) per layer on average.
 """
 
 from __future__ import annotations
@@ -95,7 +98,8 @@ class TrainConfig(Config):
     model: str | None = None  # HF model directory (None: the packaged all-MiniLM-L6-v2)
     task: str = "kjv_genre"
     variant: str = "alphalora"
-    budget: int = 24  # total experts (MoE variants); the plain-LoRA variants have total rank r x blocks
+    budget: int = 24  # total experts (MoE variants)
+    lora_rank: int = 0  # plain-LoRA variants: mean rank per layer (0 = budget * r / blocks: equal parameters)
     beta: float = 2.5
     rounding: str = "largest_remainder"
     target_modules: tuple[str, ...] = BERT_TARGETS
@@ -110,7 +114,6 @@ class TrainConfig(Config):
     # optimisation
     epochs: int = 2
     batch_size: int = 16
-    grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -127,6 +130,7 @@ class TrainConfig(Config):
         if not self.target_modules:
             raise ConfigError("target_modules is empty")
         check_positive_int("r", self.r)
+        check_positive_int("lora_rank", self.lora_rank, 0)
         check_range("lora_alpha", self.lora_alpha, 0, lo_open=True)
         check_range("lora_dropout", self.lora_dropout, 0, 1, hi_open=True)
         check_range("balance_loss", self.balance_loss, 0)
@@ -135,7 +139,6 @@ class TrainConfig(Config):
         check_positive_int("max_length", self.max_length, 2)
         check_positive_int("epochs", self.epochs)
         check_positive_int("batch_size", self.batch_size)
-        check_positive_int("grad_accum", self.grad_accum)
         check_range("lr", self.lr, 0, lo_open=True)
         check_range("weight_decay", self.weight_decay, 0)
         check_positive_int("warmup_steps", self.warmup_steps, 0)
@@ -154,7 +157,7 @@ PRESETS: Registry[dict[str, Any]] = Registry("preset")
 PRESETS.add("cpu", {})
 PRESETS.add("paper", {
     "budget": 160, "beta": 2.5, "target_modules": LLAMA_TARGETS, "r": 8, "lora_alpha": 16.0, "lora_dropout": 0.05,
-    "n_train": 4000, "n_test": 1000, "max_length": 256, "epochs": 20, "batch_size": 8, "grad_accum": 16,
+    "n_train": 4000, "n_test": 1000, "max_length": 256, "epochs": 20, "batch_size": 128,
     "lr": 3e-4, "warmup_steps": 100, "device": "cuda",
 })
 

@@ -68,7 +68,7 @@ def target_layers(model: nn.Module, targets: Sequence[str]) -> tuple[list[str], 
         raise LoraError(f"{e}; MoE-LoRA targets layers inside the transformer blocks") from None
     per_block = [{n: m for n, m in blk.items() if name_matches(n, targets)} for blk in layout.layers]
     if not any(per_block):
-        some = ", ".join(n.rsplit(".", 1)[-1] for n in dict.fromkeys(layout.layers[0]))
+        some = ", ".join(dict.fromkeys(n.rsplit(".", 1)[-1] for n in layout.layers[0]))
         raise LoraError(f"target modules {', '.join(targets)} match none of the {len(layout.names)} linear layers "
                         f"in the blocks of {type(model).__name__} (block 0 has: {some})")
     empty = [k for k, b in enumerate(per_block) if not b]
