@@ -63,6 +63,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     C.add_executor(a)
     a.add_argument("--quiet", "-q", action="store_true", help="print only the summary")
     a.set_defaults(func=cmd_analyze)
+    _register_engine(sub)
+
+
+def _register_engine(sub: argparse._SubParsersAction) -> None:
+    """``htsr describe`` and ``htsr smooth`` (their code lives in :mod:`htsr.spectra.engine_cli`)."""
+    from htsr.spectra.engine_cli import register_engine
+
+    register_engine(sub)
 
 
 def _format_table(df, all_columns: bool) -> str:

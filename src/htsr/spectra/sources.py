@@ -228,6 +228,10 @@ def path_entries(path: str | os.PathLike, allow_pickle: bool = False) -> Iterato
         yield from sharded_entries(p.parent, p)
     elif p.suffix in PICKLE_SUFFIXES:
         yield from pickle_entries(p, allow_pickle)
+    elif p.suffix.lower() == ".gguf":
+        from htsr.spectra.gguf_source import gguf_entries
+
+        yield from gguf_entries(p)
     else:
         raise SourceError(
             f"{p}: unsupported file type {p.suffix!r}; expected .safetensors, a safetensors index, "
