@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
 from htsr.cli import common as C
 
@@ -99,26 +98,15 @@ def format_summary(summary: dict) -> str:
     return "summary: " + head + ("\n  mean over fitted layers: " + " ".join(vals) if vals else "")
 
 
-def _input_paths(*sources: str | None) -> list[str]:
-    """The paths an analysis reads: each source, and a sharded index's directory."""
-    out = []
-    for s in sources:
-        if s is None:
-            continue
-        out.append(s)
-        if str(s).endswith(".index.json"):
-            out.append(str(Path(s).parent))
-    return out
-
-
 def cmd_analyze(args: argparse.Namespace) -> int:
     from htsr.errors import MeasurementError
     from htsr.examples import example_path
     from htsr.io import check_not_input
     from htsr.progress import show_progress
     from htsr.spectra.analysis import analyze
+    from htsr.spectra.sources import input_paths
 
-    inputs = _input_paths(args.source, args.base)
+    inputs = input_paths(args.source, args.base)
     for out in [*args.out, *([args.plot] if args.plot else [])]:
         check_not_input(out, inputs)
     opts = {k: getattr(args, k) for k in _OPTION_ARGS if getattr(args, k) is not None}

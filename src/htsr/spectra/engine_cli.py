@@ -85,11 +85,11 @@ def _print_table(rows: list[dict], cols: tuple[str, ...]) -> None:
 def cmd_describe(args: argparse.Namespace) -> int:
     from htsr.errors import MeasurementError
     from htsr.io import check_not_input
-    from htsr.spectra.cli import _input_paths
     from htsr.spectra.describe import describe
+    from htsr.spectra.sources import input_paths
 
     if args.out:
-        check_not_input(args.out, _input_paths(args.source, args.base))
+        check_not_input(args.out, input_paths(args.source, args.base))
     res = describe(_source(args), args.preset, base=args.base, lora=args.lora, allow_pickle=args.allow_pickle,
                    **_options(args))
     summary = res.summary()

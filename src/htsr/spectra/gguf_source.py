@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from htsr.errors import SourceError
-from htsr.spectra.sources import TensorEntry
+from htsr.spectra.entry import TensorEntry
 
 _EMBED = re.compile(r"(^|\.)(token_embd|position_embd|token_types)(\.|$)")
 _INTEGER = ("I8", "I16", "I32", "I64")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,28 +24,11 @@ import torch
 
 from htsr.errors import SourceError
 from htsr.nn import layer_kind
+from htsr.spectra.entry import TensorEntry
 from htsr.spectra.reader import SafetensorsFile, index_entries, read_json, regular_file
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-
-
-@dataclass
-class TensorEntry:
-    """One weight tensor, not yet loaded."""
-
-    name: str  # full parameter path, e.g. "encoder.layer.0.attention.self.query.weight"
-    shape: tuple[int, ...]
-    dtype: str
-    load: Callable[[], torch.Tensor]
-    kind: str | None = None  # known module kind (from an nn.Module), else inferred from name/shape
-    module_type: str | None = None  # class name when known
-    groups: int = 1  # conv groups when known (state dicts do not record them)
-
-    @property
-    def module(self) -> str:
-        """Module path: the parameter name without its trailing '.weight'."""
-        return self.name[: -len(".weight")] if self.name.endswith(".weight") else self.name
 
 
 def _is_float_dtype(dtype: str) -> bool:
@@ -54,7 +36,6 @@ def _is_float_dtype(dtype: str) -> bool:
     return d.startswith(("float", "bfloat", "f8", "f16", "f32", "f64", "bf16")) or d in ("half", "double")
 
 
-# ------------------------------------------------------------------ nn.Module
 def module_entries(model: torch.nn.Module) -> Iterator[TensorEntry]:
     """Weights of a torch module, keyed by full module path, in ``named_modules`` order.
 
@@ -293,3 +274,15 @@ def iter_entries(source: Any, *, allow_pickle: bool = False) -> Iterator[TensorE
         f"unsupported source of type {type(source).__name__}; expected an nn.Module, a state dict, "
         "or a path to a .safetensors file / model directory"
     )
+
+
+def input_paths(*sources: str | None) -> list[str]:
+    """The paths an analysis reads: each source, and a sharded index's directory."""
+    out = []
+    for s in sources:
+        if s is None:
+            continue
+        out.append(s)
+        if str(s).endswith(".index.json"):
+            out.append(str(Path(s).parent))
+    return out
