@@ -118,14 +118,15 @@ def _config(args: argparse.Namespace):
 
 
 def _prepare(out: Path, key: dict[str, Any], state: str, overwrite: bool) -> bool:
-    """Make ``out`` the run directory: new or empty -> created with the htsr marker; an htsr output of the same
-    ``key`` -> resumed (True); of another -> an error unless ``overwrite`` (which keeps ``pretrained/``, a cache
-    checked against its own config)."""
+    """Make ``out`` the run directory: new, empty or holding only a ``pretrained/`` cache -> used as new, with the
+    htsr marker; an htsr output of the same ``key`` -> resumed (True); of another -> an error unless ``overwrite``
+    (which keeps ``pretrained/``, a cache checked against its own config)."""
     import json
 
     from htsr.io import MARKER, OutputError, check_replace_dir, write_json
 
-    if out.exists() and out.is_dir() and any(out.iterdir()):
+    only_cache = out.is_dir() and {c.name for c in out.iterdir()} <= {"pretrained", MARKER}
+    if out.exists() and out.is_dir() and any(out.iterdir()) and not only_cache:
         check_replace_dir(out, overwrite=True)  # refuses a directory htsr did not write
         try:
             old = json.loads((out / state).read_text()).get("resume_key")
