@@ -113,3 +113,15 @@ def test_rank_allocation_keeps_total_rank():
 def test_bad_input(call, match):
     with pytest.raises(ConfigError, match=match):
         call()
+
+
+def test_paper_preset_has_the_reference_hyper_parameters():
+    from htsr.lora.config import LLAMA_TARGETS, preset_config
+
+    c = preset_config("paper")
+    # run_all.sh / mola_training_mistral.py (research notes, section 4)
+    assert (c.budget, c.beta, c.r, c.lora_alpha, c.lora_dropout) == (160, 2.5, 8, 16.0, 0.05)
+    assert (c.lr, c.epochs, c.batch_size, c.warmup_steps, c.max_length) == (3e-4, 20, 128, 100, 256)
+    assert c.target_modules == LLAMA_TARGETS == ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                 "down_proj")
+    assert c.balance_loss == 0.0

@@ -178,7 +178,7 @@ def compare(cfg: TrainConfig, variants: Sequence[str], tasks: Sequence[str], see
 
     fn = functools.partial(compare_cell, config=cfg.to_dict(),
                            adapters_dir=str(Path(out_dir) / "adapters") if save_adapters else None)
-    cells = grid(task=list(tasks), seed=list(seeds), variant=list(variants))
+    cells = grid(seed=list(seeds), task=list(tasks), variant=list(variants))  # whole seeds first
     return run_sweep(fn, cells, ResultStore(out_dir), executor=executor,
                      extra={"config_id": config_id(execution_free(cfg))}, progress=progress)
 
