@@ -212,7 +212,8 @@ def cmd_kjv(a: argparse.Namespace) -> None:
         blocks: dict[int, list] = {}
         for r in rep.layers:
             blocks.setdefault(r["block"], []).append((r["metric"], r["target_sparsity"]))
-        bl = {str(k): {"mean_alpha": float(np.mean([x for x, _ in v])), "target": float(v[0][1])}
+        bl = {str(k): {"mean_alpha": float(np.mean([x for x, _ in v])) if v[0][0] is not None else None,
+                       "target": float(v[0][1])}
               for k, v in sorted(blocks.items())}
         return {"ppl": ppl, "achieved": rep.achieved_sparsity}, {"blocks": bl}
 
@@ -224,8 +225,8 @@ def cmd_kjv(a: argparse.Namespace) -> None:
         key = pdf[(pdf.estimator == est) & (pdf.pruner == "wanda") & (pdf.sparsity == 0.7)]["key"]
         if len(key):
             det = json.loads((out / "prune" / "cells" / f"{key.iloc[0]}.json").read_text())
-            print(est, "blocks:", "; ".join(f"{b}: {v['mean_alpha']:.3f} -> {v['target']:.3f}"
-                                            for b, v in det["blocks"].items()))
+            print(est, "blocks (mean alpha -> target sparsity):",
+                  "; ".join(f"{b}: {v['mean_alpha']:.3f} -> {v['target']:.3f}" for b, v in det["blocks"].items()))
 
 
 def main() -> None:
