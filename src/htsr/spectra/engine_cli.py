@@ -7,6 +7,7 @@ import argparse
 
 from htsr.cli import common as C
 
+SMOOTH_TABLE = ("name", "N", "M", "rank", "k", "status", "energy_kept", "rel_error", "reason")
 DESCRIBE_TABLE = ("name", "kind", "shape", "dtype", "N", "M", "rf", "num_evals", "params", "status", "reason")
 
 
@@ -67,6 +68,30 @@ def register_engine(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--analyzed-only", action="store_true", help="print only the rows analyze would analyse")
     d.set_defaults(func=cmd_describe)
 
+    s = sub.add_parser("smooth", help="SVD smoothing / low-rank truncation of chosen layers, written as safetensors",
+                       description="Replace each selected weight matrix by its rank-k truncated SVD (k by a fixed "
+                                   "rank, the Marchenko-Pastur bulk edge, the power-law xmin or the detX tail) and "
+                                   "write the checkpoint as one .safetensors file (-o) or a Hugging Face directory "
+                                   "(--out-dir; the source directory's other files are copied). Exit 0, 2 for bad "
+                                   "usage, an unreadable source or when no layer could be smoothed.")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("source", nargs="?", help="a .safetensors file or a Hugging Face directory of safetensors")
+    src.add_argument("--example", choices=["minilm"], help="embedded real model: all-MiniLM-L6-v2 (offline)")
+    s.add_argument("--rule", choices=["rank", "mp", "xmin", "detx"], default="rank",
+                   help="components kept: rank (--rank K), mp (above the MP bulk edge), xmin (the power-law tail), "
+                        "detx (the detX / ERG tail); default rank")
+    s.add_argument("--rank", type=C.positive_int, default=None, metavar="K", help="components kept by --rule rank")
+    _add_selection(s)
+    out = s.add_mutually_exclusive_group(required=True)
+    out.add_argument("-o", "--out", type=C.out_file((".safetensors",)), default=None, metavar="FILE",
+                     help="write one .safetensors file")
+    out.add_argument("--out-dir", type=C.out_dir, default=None, metavar="DIR",
+                     help="write a Hugging Face directory (other files of the source directory copied)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace DIR if it is a previous htsr output (it holds a .htsr-output marker)")
+    C.add_json(s)
+    s.set_defaults(func=cmd_smooth)
+
 
 def _print_table(rows: list[dict], cols: tuple[str, ...]) -> None:
     import pandas as pd
@@ -107,4 +132,23 @@ def cmd_describe(args: argparse.Namespace) -> int:
         C.say(f"wrote {res.save(args.out)}")
     if not res.rows:
         raise MeasurementError("no weight matrices found in the source")
+    return 0
+
+
+def cmd_smooth(args: argparse.Namespace) -> int:
+    from htsr.errors import ConfigError
+    from htsr.spectra.smooth import smooth
+
+    if args.rule == "rank" and args.rank is None:
+        raise ConfigError("--rule rank needs --rank K")
+    if args.rule != "rank" and args.rank is not None:
+        raise ConfigError(f"--rank is only used by --rule rank, not --rule {args.rule}")
+    res = smooth(_source(args), args.out or args.out_dir, rule=args.rule, rank=args.rank, preset=args.preset,
+                 overwrite=args.overwrite, **_options(args))
+    if args.json:
+        C.print_json({"path": str(res.path), "rows": res.rows})
+    else:
+        _print_table(res.rows, SMOOTH_TABLE)
+        print(f"smoothed {res.n_smoothed}/{len(res.rows)} selected matrices (rule {args.rule})")
+    C.say(f"wrote {res.path}")
     return 0
