@@ -208,8 +208,15 @@ def _analyse_matrix(p: MatrixPlan, mats: torch.Tensor, cfg: AnalysisConfig, row:
         row.update(status="failed", reason="all-zero matrix: no spectrum to fit")
         return
     store[p.name] = lam
-    eps = float(torch.finfo(mats.dtype).eps) if mats.dtype.is_floating_point else 1e-7
-    row.update(M.rank_metrics(lam, p.N, p.M, eps, eig_eps=solver_eps(p.M, cfg.precision, cfg.eig_method, cfg.device)))
+    # the rank tolerance is that of the arithmetic (float32 at least), not of the storage: bf16/f16 weights are
+    # exact float32 values, and their rank and entropy must be those of the same values stored in float32
+    compute = torch.promote_types(mats.dtype, torch.float32) if mats.dtype.is_floating_point else torch.float32
+    eps = float(torch.finfo(compute).eps)
+    eig_eps = solver_eps(p.M, cfg.precision, cfg.eig_method, cfg.device)
+    row.update(M.rank_metrics(lam, p.N, p.M, eps, eig_eps=eig_eps))
+    floor = M.noise_floor(float(lam[-1]), p.N, p.M, eps, eig_eps)
+    if mats.dtype.is_floating_point:  # rounding of the stored values (bf16: eps 2^-7) is a noise floor too
+        floor = max(floor, M.storage_noise_floor(lam, p.N, p.M, float(torch.finfo(mats.dtype).eps)))
     fit_kw = dict(threshold=cfg.threshold, xmin_pos=cfg.xmin_pos, peak_bins=cfg.peak_bins,
                   peak_legacy_bound=cfg.peak_legacy_bound, small_n=cfg.small_n)
     full_lam = lam
@@ -226,6 +233,10 @@ def _analyse_matrix(p: MatrixPlan, mats: torch.Tensor, cfg: AnalysisConfig, row:
                                           finger_thresh=cfg.finger_thresh, **fit_kw)
     else:
         fit = PL.fit_power_law(lam, cfg.xmin_rule, **fit_kw)
+    if fit.ok and fit.xmin <= floor:
+        fit = PL._failed(fit.xmin_rule, fit.n_total, f"power-law tail at rounding-noise level (xmin {fit.xmin:.3g} <= "
+                         f"noise floor {floor:.3g} of the stored values' rounding and the eigensolver; matrix_rank "
+                         f"{row['matrix_rank']})", fit.xmax)
     row.update(alpha=fit.alpha, xmin=fit.xmin, xmax=fit.xmax, D=fit.D, sigma=fit.sigma, n_tail=fit.n_tail,
                status=fit.status, reason=fit.reason)
     if cfg.fingers == "clip_xmax":
