@@ -53,6 +53,15 @@ HOW_TO_READ = [
 ]
 
 
+def finish(chart: Any, datasets: dict[str, list]) -> dict:
+    """An altair chart as a Vega-Lite spec dict with its named ``datasets`` attached (not validated row by row:
+    fast), without the ``$schema`` URL (a report holds no URL)."""
+    spec = chart.to_dict(validate=VALIDATE)
+    spec.pop("$schema", None)
+    spec["datasets"] = datasets
+    return spec
+
+
 def _f(v: Any) -> float | None:
     try:
         f = float(v)
@@ -152,9 +161,7 @@ def _alpha_chart(records: list[dict], *, color: str = "band", delta: bool = Fals
     pts = base.mark_point(filled=True, size=46, cursor="pointer", opacity=0.9).encode(x=x, y=y, color=col,
                                                                                       tooltip=tips)
     chart = alt.layer(band, line, pts).properties(width=900, height=300)
-    spec = chart.to_dict(validate=VALIDATE)
-    spec["datasets"] = {"layers": records}
-    return spec
+    return finish(chart, {"layers": records})
 
 
 def _delta_chart(records: list[dict]) -> dict:
@@ -167,9 +174,7 @@ def _delta_chart(records: list[dict]) -> dict:
         tooltip=[alt.Tooltip("name:N", title="layer"), alt.Tooltip("alpha:Q", format=".4g"),
                  alt.Tooltip("alpha_base:Q", format=".4g"), alt.Tooltip("delta:Q", format="+.4g")],
     ).transform_filter("isValid(datum.delta)").properties(width=900, height=220)
-    spec = chart.to_dict(validate=VALIDATE)
-    spec["datasets"] = {"delta": records}
-    return spec
+    return finish(chart, {"delta": records})
 
 
 def esd_spec() -> dict:
@@ -180,8 +185,10 @@ def esd_spec() -> dict:
     colors = alt.Scale(domain=["ESD", "randomized", "power-law fit", "xmin"],
                        range=["#1f77b4", "#ff7f0e", "#d62728", "#2ca02c"])
     col = alt.Color("s:N", title=None, scale=colors, legend=alt.Legend(orient="top"))
-    xs = alt.X("x:Q", scale=alt.Scale(type="log"), title="eigenvalue lambda")
+    xs = alt.X("x:Q", scale=alt.Scale(type="log"), title="eigenvalue lambda",
+               axis=alt.Axis(format="~e", labelOverlap="greedy", grid=False))
     ylog = alt.Scale(type="log")
+    yax = alt.Axis(format="~e", labelOverlap="greedy")
     tip = [alt.Tooltip("s:N", title="series"), alt.Tooltip("x:Q", format=".4g", title="lambda"),
            alt.Tooltip("y:Q", format=".4g")]
 
@@ -191,19 +198,20 @@ def esd_spec() -> dict:
 
     dens = alt.layer(
         part("density", ("ESD", "randomized")).mark_rect(opacity=0.45).encode(
-            x=xs, x2="x2:Q", y=alt.Y("y:Q", scale=ylog, title="density p(lambda)"), y2="y0:Q", color=col, tooltip=tip),
+            x=xs, x2="x2:Q", y=alt.Y("y:Q", scale=ylog, title="density p(lambda)", axis=yax), y2="y0:Q", color=col,
+            tooltip=tip),
         part("density", ("power-law fit",)).mark_line(strokeWidth=2.5).encode(x=xs, y="y:Q", color=col, tooltip=tip),
         part("density", ("xmin",)).mark_rule(strokeDash=[4, 3], strokeWidth=1.6).encode(x=xs, color=col),
     ).properties(width=430, height=300, title="log-log ESD (density)")
     ccdf = alt.layer(
         part("ccdf", ("ESD", "randomized")).mark_line(interpolate="step-after").encode(
-            x=xs, y=alt.Y("y:Q", scale=ylog, title="P(Lambda >= lambda)"), color=col, tooltip=tip),
+            x=xs, y=alt.Y("y:Q", scale=ylog, title="P(Lambda >= lambda)", axis=yax), color=col, tooltip=tip),
         part("ccdf", ("power-law fit",)).mark_line(strokeWidth=2.5, strokeDash=[6, 3]).encode(
             x=xs, y="y:Q", color=col, tooltip=tip),
         part("ccdf", ("xmin",)).mark_rule(strokeDash=[4, 3], strokeWidth=1.6).encode(x=xs, color=col),
     ).properties(width=430, height=300, title="complementary CDF")
-    spec = alt.hconcat(dens, ccdf).resolve_scale(color="shared").to_dict(validate=VALIDATE)
-    spec["datasets"] = {"esd": []}
+    spec = finish(alt.hconcat(dens, ccdf).resolve_scale(color="shared"), {"esd": []})
+    spec["padding"] = {"left": 24, "right": 5, "top": 5, "bottom": 5}  # room for the exponent labels
     return spec
 
 
@@ -251,8 +259,8 @@ def _metadata_items(meta: dict) -> list[list[Any]]:
 def table_section(records: list[dict], sid: str = "table", link: str | None = "esd",
                   title: str = "Per-layer table") -> dict:
     present = {k for r in records for k in r}
-    cols = [{"key": k, "label": lab, "fmt": f if f != "text" else None, "text": f == "text"}
-            for k, lab, f in TABLE_COLUMNS if k in present]
+    cols = [{"key": k, "label": lab, "fmt": f if f != "text" else None, "text": f == "text",
+             "wrap": k in ("name", "reason")} for k, lab, f in TABLE_COLUMNS if k in present]
     return {"type": "table", "id": sid, "title": title, "columns": cols, "rows": records, "link": link,
             "filter_column": "status", "caption": "Click a column to sort it (again to reverse); type to filter."}
 
@@ -300,7 +308,8 @@ def comparison_sections(an: Analysis, base: Analysis, what: str, base_what: str)
                                                                f"{len(only_base)} only in BASE (matched by name)"},
         {"label": "mean alpha - alpha of BASE", "value": sum(ds) / len(ds) if ds else None},
     ]
-    dcols = [{"key": "name", "label": "layer", "text": True}, {"key": "status", "label": "status", "text": True},
+    dcols = [{"key": "name", "label": "layer", "text": True, "wrap": True},
+             {"key": "status", "label": "status", "text": True},
              {"key": "status_base", "label": "BASE status", "text": True}, {"key": "alpha", "label": "alpha"},
              {"key": "alpha_base", "label": "BASE alpha"}, {"key": "delta", "label": "delta"}]
     return [

@@ -142,6 +142,23 @@ def build_report(source: Any, *, base: Any = None, title: str | None = None, **a
     return Report(kind, title or f"htsr {kind} report: {what}", sub, sections)
 
 
+def check_writable(out: str | os.PathLike) -> None:
+    """Raise :class:`~htsr.io.OutputError` when ``out`` cannot be created: a directory, or its nearest existing
+    ancestor is not a writable directory (checked before any work)."""
+    from htsr.io import OutputError
+
+    p = Path(os.path.abspath(out))
+    if p.is_dir():
+        raise OutputError(f"{out} is a directory; expected a file path")
+    anc = p.parent
+    while not anc.exists():
+        anc = anc.parent
+    if not anc.is_dir():
+        raise OutputError(f"cannot write {out}: {anc} is not a directory")
+    if not os.access(anc, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise OutputError(f"cannot write {out}: permission denied")
+
+
 def write_report(source: Any, out: str | os.PathLike, *, base: Any = None, title: str | None = None,
                  **analyze_options: Any) -> Report:
     """Build the report of ``source`` and write it to ``out`` (an ``.html`` file) atomically: on any error no
@@ -151,6 +168,7 @@ def write_report(source: Any, out: str | os.PathLike, *, base: Any = None, title
 
     check_suffix(out, (".html", ".htm"), "a report")
     check_not_input(out, [s for s in (source, base) if s is not None])
+    check_writable(out)
     t0 = time.perf_counter()
     warm = warm_cache_in_background() if detect(source) == "model" else None
     report = build_report(source, base=base, title=title, **analyze_options)
@@ -160,10 +178,8 @@ def write_report(source: Any, out: str | os.PathLike, *, base: Any = None, title
     text = report.html()
     try:
         atomic_write(out, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    except PermissionError as e:
-        raise OutputError(f"cannot write {out}: permission denied ({e.filename or out})") from None
-    except IsADirectoryError:
-        raise OutputError(f"{out} is a directory; expected a file path") from None
+    except (PermissionError, NotADirectoryError, FileExistsError, IsADirectoryError, FileNotFoundError) as e:
+        raise OutputError(f"cannot write {out}: {e.strerror or e} ({e.filename or out})") from None
     report.timings.update(render_s=time.perf_counter() - t1, total_s=time.perf_counter() - t0,
                           bytes=len(text.encode("utf-8")))
     return report

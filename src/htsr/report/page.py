@@ -36,7 +36,8 @@ table{border-collapse:collapse;font-size:12.5px}
 table.data{width:100%}
 table.data th,table.data td{border-bottom:1px solid var(--line);padding:3px 8px;text-align:right;white-space:nowrap}
 table.data th{position:sticky;top:0;background:var(--bg);cursor:pointer;user-select:none}
-table.data td.t,table.data th.t{text-align:left;white-space:normal;word-break:break-all}
+table.data td.t,table.data th.t{text-align:left}
+table.data td.w{white-space:normal;word-break:break-all;min-width:220px}
 table.data tbody tr.link{cursor:pointer}
 table.data tbody tr:hover{background:#eef4fb}
 table.data tbody tr.sel{background:#dbeafb}
@@ -197,7 +198,9 @@ APP_JS = r"""
     sec.appendChild(wrap);
     var trs = all.map(function (r) {
       var tr = el("tr", s.link ? "link" : null);
-      cols.forEach(function (c) { tr.appendChild(el("td", c.text ? "t" : null, fmt(r[c.key], c.fmt))); });
+      cols.forEach(function (c) {
+        tr.appendChild(el("td", (c.text ? "t" : "") + (c.wrap ? " w" : ""), fmt(r[c.key], c.fmt)));
+      });
       tr.dataset.text = cols.map(function (c) { return fmt(r[c.key], c.fmt); }).join(" ").toLowerCase();
       if (s.link && r.name !== undefined) {
         tr.addEventListener("click", function () { show(String(r.name), s.link); });
