@@ -214,17 +214,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
         raise ConfigError(f"--knob {over['knob']} needs --temperatures (the preset's are epochs)")
     cfg = preset_config(args.preset, over)
-    executor = C.executor_from_args(args)
     from htsr.regimes.pipeline import load_data
 
     load_data(cfg)  # missing data is a usage error now, not a failed cell later
     out = Path(args.out_dir)
-    resumed = _prepare(out, cfg.identity(), args.overwrite)
-    if resumed:
-        from htsr.experiments import ResultStore
+    executor = C.executor_from_args(args)
+    try:
+        resumed = _prepare(out, cfg.identity(), args.overwrite)
+        if resumed:
+            from htsr.experiments import ResultStore
 
-        C.say(f"resuming {out} ({len(ResultStore(out))} cell(s) recorded)")
-    table = sweep(cfg, out, executor=executor, progress=args.progress, max_cells=args.max_cells)
+            C.say(f"resuming {out} ({len(ResultStore(out))} cell(s) recorded)")
+        table = sweep(cfg, out, executor=executor, progress=args.progress, max_cells=args.max_cells)
+    finally:
+        executor.close()
     ok = table[table["status"] == "ok"] if "status" in table.columns else table
     ok = ok[ok["temperature"].isin(cfg.temperatures) & ok["density"].isin(cfg.densities) & ok["seed"].isin(cfg.seeds)]
     failed = int((table["status"] != "ok").sum()) if "status" in table.columns else 0
