@@ -196,12 +196,13 @@ class Cutoffs(Config):
     A cell is in regime I (poorly connected) when ``mc < mc_threshold`` (mc on train error, a fraction; negative
     = barrier), else in II-A when ``cka < cka_threshold`` (dissimilar outputs), else II-B. The defaults were fitted
     by :func:`htsr.regimes.classify.fit_cutoffs` (Otsu's split of mc, then of CKA among the connected cells) on
-    the ``cpu`` experiment of docs/regimes.md."""
+    the ``cpu`` experiment of docs/regimes.md (``benchmarks/regimes_cpu_results.csv``): they suit that network
+    and data; for another, fit them to its own table (``--fit``)."""
 
     label = "regime cut-offs"
 
-    mc_threshold: float = -0.05
-    cka_threshold: float = 0.9
+    mc_threshold: float = -0.073
+    cka_threshold: float = 0.977
     cka_column: str = "cka"  # cka (logits) or cka_softmax
 
     def validate(self) -> None:
