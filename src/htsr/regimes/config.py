@@ -23,7 +23,8 @@ Preset ``paper`` (a GPU): PreResNet-20 width 16 on all 60,000 Fashion-MNIST imag
 checkpoints every 20 (the notes' 10, 20, ..., 160 thinned to 8), lr 0.1, momentum 0.9, wd 1e-4, batch 64,
 x0.1 at epochs 80 and 120; densities 5, 6, 7, 8, 10, 14, 20, 40, 80 %; retraining 160 epochs with the same
 schedule; dense seeds 1, 2, 3 and retraining seeds 1, 2, 3; test error the mean over the last 5 retraining epochs;
-CKA on 101 batches of 64 training images (6,464).
+CKA on 101 batches of 64 training images (6,464); mc on 10,000 training images (ours: TRP's count is not in the
+notes).
 """
 
 from __future__ import annotations
