@@ -108,3 +108,14 @@ def test_argparse_rejects_beta_zero():
     with pytest.raises(SystemExit) as e:
         main(["lora", "allocate", "minilm", "--beta", "0"])
     assert e.value.code == 2
+
+
+def test_run_is_deterministic_per_seed():
+    from htsr.lora.config import preset_config
+    from htsr.lora.train import run
+
+    cfg = preset_config("cpu", task="fortunes_topic", variant="mola_increasing", n_train=16, n_test=8, epochs=1,
+                        max_length=8, batch_size=8)
+    a, b = run(cfg, 3), run(cfg, 3)
+    assert a["history"] == b["history"] and a["metrics"]["accuracy"] == b["metrics"]["accuracy"]
+    assert a["allocation"]["experts"] == [2, 2, 3, 5, 5, 7]
