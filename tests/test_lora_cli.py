@@ -87,8 +87,8 @@ def test_train_resumes_and_adapters_load(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, match", [
     (["lora", "allocate", "minilm", "--budget", "3"], "budget 3 is smaller than the 6 layers"),
-    (["lora", "allocate", "minilm", "--targets", "q_proj"], "match none of the 36 linear layers"),
-    (["lora", "allocate", "/nonexistent/model"], "not a Hugging Face model directory"),
+    (["lora", "allocate", "minilm", "--targets", "q_proj"], "match none of the"),
+    (["lora", "allocate", "/nonexistent/model"], "no such file or directory"),
     (["lora", "allocate", "reference:gpt-5"], "no shipped alphas"),
     (["lora", "train", "--variants", "fancy", "--out-dir", "OUT"], "unknown variant"),
     (["lora", "train", "--preset", "paper", "--out-dir", "OUT"], "paper preset needs --model"),
