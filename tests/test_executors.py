@@ -172,3 +172,36 @@ def test_split_parts_balances_contiguous_slices():
     assert split_parts([5], 8) == [slice(0, 1)] and split_parts([], 3) == []
     parts = split_parts(list(range(1, 50)), 7)
     assert [i for s in parts for i in range(s.start, s.stop)] == list(range(49)) and len(parts) <= 7
+
+
+def test_tinymem_compare_on_ray_gives_the_local_table(tmp_path, local_ray, capsys):
+    """Each TinyMem method is a sweep cell; a Ray worker loads the saved base model from disk and gives the same
+    numbers as the in-process run (the methods are deterministic on the CPU)."""
+    from htsr.cli.main import main
+
+    data = ["--preset", "tiny", "--set", "data.n_main=200", "--set", "data.n_aux=100", "--set", "data.n_test=20",
+            "--data", "n_noise=6", "--set", "data.dup=[40]", "--layers", "1", "--epochs", "3", "--threads", "1"]
+    base = tmp_path / "base"
+    assert main(["tinymem", "train", *data, "--out-dir", str(base)]) == 0
+    tables = {}
+    for ex in ("local", "ray"):
+        out = tmp_path / ex
+        assert main(["tinymem", "compare", "--base", str(base), "--methods", "durable,finetune_clean",
+                     "--ft-epochs", "1", "--retain-size", "32", "--out-dir", str(out), "--executor", ex]) == 0
+        tables[ex] = pd.read_csv(out / "table.csv").set_index("method")
+        cells = pd.read_csv(out / "methods" / "results.csv")
+        assert sorted(cells["method"]) == ["durable", "finetune_clean"] and set(cells["status"]) == {"ok"}
+    cols = ["mem_before", "mem_after", "acc_before", "acc_after", "score"]
+    pd.testing.assert_frame_equal(tables["local"][cols], tables["ray"][cols])
+    assert list(tables["ray"].index) == ["base", "durable", "finetune_clean"]
+
+
+def test_every_sweep_command_offers_the_executor_choice(capsys):
+    from htsr.cli.main import main
+
+    for cmd in (["tempbalance", "compare"], ["tinymem", "compare"], ["sharpbalance", "compare"],
+                ["mdtree", "population"], ["analyze"]):
+        with pytest.raises(SystemExit):
+            main([*cmd, "--help"])
+        text = capsys.readouterr().out
+        assert "--executor" in text and "--ray-address" in text, cmd

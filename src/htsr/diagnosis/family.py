@@ -51,13 +51,11 @@ def _width(shapes: dict[str, tuple[int, ...]], config: PopulationConfig, where: 
 
 
 def _shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    from safetensors import safe_open
+    """Tensor shapes from the header, validated by :class:`htsr.spectra.reader.SafetensorsFile`."""
+    from htsr.spectra.reader import SafetensorsFile
 
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118  (not a dict)
-    except Exception as e:  # safetensors raises its own error types
-        raise DiagnosisError(f"{path}: not a safetensors file ({str(e).splitlines()[0] if str(e) else e!r})") from None
+    sf = SafetensorsFile(path)
+    return {k: sf.info(k).shape for k in sf.keys()}
 
 
 def load_family_model(item: Any, config: PopulationConfig):
@@ -83,13 +81,9 @@ def load_family_model(item: Any, config: PopulationConfig):
 
             load_checkpoint(p, model)
         else:
-            from safetensors.torch import load_file
+            from htsr.spectra.reader import read_safetensors
 
-            try:
-                state = load_file(str(f))
-            except Exception as e:  # safetensors raises its own error types
-                raise DiagnosisError(f"{f}: unreadable safetensors file ({str(e).splitlines()[0]})") from None
-            model.load_state_dict(state, strict=True)
+            model.load_state_dict(read_safetensors(f), strict=True)
     except RuntimeError as e:  # load_state_dict: missing/unexpected keys or shapes
         raise DiagnosisError(f"{f}: not weights of the {config.arch} family ({str(e).splitlines()[0]})") from None
     return model.eval()

@@ -79,6 +79,7 @@ def register(subparsers: Any) -> None:
                      "configuration is resumed")
     C.add_out(c, (".csv", ".json"), "write the summary (mean and std over seeds per method and metric)")
     C.add_plot(c, "accuracy vs diversity and sharpness per method (PNG)")
+    C.add_executor(c)
     c.set_defaults(func=cmd_compare)
 
 
@@ -241,7 +242,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     resumed = _prepare(out, key, "compare.json", args.overwrite)
     if resumed:
         C.say(f"resuming {out} ({len(ResultStore(out))} cell(s) recorded)")
-    table = compare(cfg, methods, seeds, out, progress=args.progress)
+    with C.executor_from_args(args) as executor:
+        table = compare(cfg, methods, seeds, out, progress=args.progress, executor=executor)
     ok = table[table["status"] == "ok"] if "status" in table.columns else table
     ok = ok[ok["method"].isin(methods) & ok["seed"].isin(seeds)]
     if ok.empty:

@@ -51,7 +51,8 @@ def grid(**axes: Sequence[Any]) -> list[Cell]:
 
 def run_sweep(fn: CellFn, cells: Sequence[Cell], store: ResultStore, *, executor: Any = None,
               extra: Mapping[str, Any] | None = None, progress: bool | None = None,
-              max_cells: int | None = None) -> pd.DataFrame:
+              max_cells: int | None = None, on_row: Callable[[dict[str, Any]], None] | None = None
+              ) -> pd.DataFrame:
     """Run every cell not already done in ``store`` and record each as it finishes; returns the store's table
     with ``attrs`` ``n_cells``, ``n_resumed`` (already done) and ``n_run`` (run by this call).
 
@@ -60,7 +61,8 @@ def run_sweep(fn: CellFn, cells: Sequence[Cell], store: ResultStore, *, executor
     this process as they arrive, whichever worker computed them, so an interrupted sweep resumes where it stopped.
     ``extra``: constant columns added to each row (e.g. ``config_id``) and to the key, so a changed
     configuration does not resume from old rows. ``max_cells``: run at most that many of the cells left (a
-    time box; the next call continues).
+    time box; the next call continues). ``on_row(row)``: called with each recorded row as it arrives (to print
+    or save partial results).
     """
     if max_cells is not None and (isinstance(max_cells, bool) or not isinstance(max_cells, int) or max_cells < 0):
         raise ConfigError(f"max_cells must be an integer >= 0 or None, got {max_cells!r}")
@@ -80,11 +82,13 @@ def run_sweep(fn: CellFn, cells: Sequence[Cell], store: ResultStore, *, executor
             key = cell_key(params)
             if isinstance(result, BaseException):
                 tb = "".join(traceback.format_exception(result))
-                store.add(key, params, {"status": "error", "error": f"{type(result).__name__}: {result}"},
-                          {"traceback": tb})
+                row = store.add(key, params, {"status": "error", "error": f"{type(result).__name__}: {result}"},
+                                {"traceback": tb})
             else:
                 (metrics, details), wall = result
-                store.add(key, params, {**metrics, "status": "ok", "wall_s": wall}, details)
+                row = store.add(key, params, {**metrics, "status": "ok", "wall_s": wall}, details)
+            if on_row is not None:
+                on_row(row)
             if bar is not None:
                 bar.update(1)
     finally:

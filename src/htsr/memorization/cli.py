@@ -18,6 +18,7 @@ from typing import Any
 
 from htsr.cli.common import (
     add_device,
+    add_executor,
     add_json,
     add_out_dir,
     add_progress,
@@ -26,6 +27,7 @@ from htsr.cli.common import (
     add_threads,
     bounded,
     choice_list,
+    executor_from_args,
     key_value,
     positive_int,
     print_json,
@@ -128,8 +130,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="fine-tuning epochs (same as --set finetune_*.epochs=N; default 5)")
     c.add_argument("--base", default=None, metavar="CHECKPOINT",
                    help="start from this trained test-bed (its data config and epochs) instead of training one")
-    add_out_dir(c, "output directory: table.csv, table.md, plot.png, run.json, base/")
+    add_out_dir(c, "output directory: table.csv, table.md, plot.png, run.json, base/, methods/ (one cell per "
+                   "method)")
     add_json(c)
+    add_executor(c)
     c.set_defaults(func=cmd_compare)
 
 
@@ -190,40 +194,16 @@ def _print_measurement(m) -> None:
 
 def _load(path: str, device: str | None = None):
     """A checkpoint with its data config and test-bed data: (model, extra, optimizer, data config, data)."""
-    from htsr.errors import SourceError
-    from htsr.memorization.config import TinyMemConfig
-    from htsr.memorization.data import make_math_data
-    from htsr.memorization.testbed import load_testbed
+    from htsr.memorization.compare import load_base_parts
 
-    model, extra, opt = load_testbed(path, with_optimizer=True)
-    if not isinstance(extra.get("data"), dict):
-        raise SourceError(f"{path} does not record its TinyMem data config")
-    cfg = TinyMemConfig.from_dict(extra["data"])
-    if device is not None:
-        model.to(device)
-    return model, extra, opt, cfg, make_math_data(cfg)
+    return load_base_parts(path, device)
 
 
 def _testbed(path: str, model, extra, opt, data):
     """A :class:`~htsr.memorization.compare.Testbed` of a loaded checkpoint (measured now)."""
-    import pandas as pd
+    from htsr.memorization.compare import testbed_of
 
-    from htsr.errors import SourceError
-    from htsr.memorization.compare import Testbed
-    from htsr.memorization.metrics import measure
-    from htsr.memorization.training import make_optimizer
-
-    tr = extra.get("train", {})
-    ok = isinstance(tr, dict) and all(isinstance(tr.get(k, 1), int) and not isinstance(tr.get(k, 1), bool)
-                                      and tr.get(k, 1) >= (0 if k == "seed" else 1)
-                                      for k in ("epochs", "batch_size", "seed"))
-    if not ok:
-        raise SourceError(f"{path}: checkpoint.json's train entry must hold integers epochs, batch_size >= 1 and "
-                          f"seed >= 0, got {tr!r}")
-    t = tr.get("time_s", float("nan"))
-    return Testbed(data, model, opt if opt is not None else make_optimizer(model), measure(model, data),
-                   float(t) if isinstance(t, int | float) else float("nan"), tr.get("epochs", 1),
-                   tr.get("batch_size", 128), tr.get("seed", 0), pd.DataFrame())
+    return testbed_of(path, model, extra, opt, data)
 
 
 # ------------------------------------------------------------------ commands
@@ -373,7 +353,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         try:
             table = run_comparison(tb, methods, configs=configs, retain_size=args.retain_size,
-                                   progress=args.progress, on_row=on_row)
+                                   progress=args.progress, on_row=on_row, executor=executor,
+                                   base_dir=out / "base", store_dir=out / "methods")
         except ComparisonFailed as e:
             failed.append(e)
             table = e.table
@@ -391,7 +372,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         (out / "partial.csv").unlink(missing_ok=True)
         result.update(table=table, md=md, total=total)
 
-    out = replace_dir(args.out_dir, fill, overwrite=args.overwrite, inputs=[args.base] if args.base else [])
+    with executor_from_args(args) as executor:  # options checked (and Ray reached) before any training
+        out = replace_dir(args.out_dir, fill, overwrite=args.overwrite, inputs=[args.base] if args.base else [])
     if args.json:
         print_json({"out_dir": str(out), "total_time_s": result["total"],
                     "table": result["table"].to_dict(orient="records")})

@@ -10,7 +10,9 @@ seeded subset of ``retain_size`` rows). Each row records % memorized and mean ac
 from __future__ import annotations
 
 import copy
+import functools
 import logging
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from htsr.errors import HtsrError, MeasurementError
+from htsr.errors import MeasurementError
 from htsr.memorization.config import (
     COMPARISON_OVERRIDES,
     FINETUNING,
@@ -49,8 +51,9 @@ FINETUNE_METHODS = FINETUNING.names()
 UNLEARNING_METHODS = UNLEARNING.names()
 ALL_METHODS = (*REGULARIZERS.names(), *FINETUNE_METHODS, *UNLEARNING_METHODS)
 
-__all__ = ["ALL_METHODS", "COMPARISON_OVERRIDES", "ComparisonFailed", "Testbed", "apply_method", "comparison_configs",
-           "family", "markdown_table", "plot_comparison", "run_comparison", "train_base"]
+__all__ = ["ALL_METHODS", "COMPARISON_OVERRIDES", "ComparisonFailed", "Testbed", "apply_method", "compare_cell",
+           "comparison_configs", "family", "load_base", "markdown_table", "plot_comparison", "run_comparison",
+           "train_base"]
 
 
 def family(method: str) -> str:
@@ -187,16 +190,81 @@ def _failed_row(base: Testbed, method: str, error: str, settings: dict[str, Any]
             "acc_before": base.measurement.mean_accuracy, "error": error, "settings": settings}
 
 
+def load_base_parts(path: str | Path, device: str | None = None) -> tuple[Any, dict[str, Any], Any, TinyMemConfig,
+                                                                          TinyMemData]:
+    """A saved test bed with its data config and data: (model, extra, optimizer, data config, data)."""
+    from htsr.errors import SourceError
+    from htsr.memorization.testbed import load_testbed
+
+    model, extra, opt = load_testbed(path, with_optimizer=True)
+    if not isinstance(extra.get("data"), dict):
+        raise SourceError(f"{path} does not record its TinyMem data config")
+    cfg = TinyMemConfig.from_dict(extra["data"])
+    if device is not None:
+        model.to(device)
+    return model, extra, opt, cfg, make_math_data(cfg)
+
+
+def testbed_of(path: str | Path, model: torch.nn.Module, extra: dict[str, Any], opt: Any, data: TinyMemData
+               ) -> Testbed:
+    """A :class:`Testbed` of a loaded checkpoint (measured now)."""
+    from htsr.errors import SourceError
+    from htsr.memorization.training import make_optimizer
+
+    tr = extra.get("train", {})
+    ok = isinstance(tr, dict) and all(isinstance(tr.get(k, 1), int) and not isinstance(tr.get(k, 1), bool)
+                                      and tr.get(k, 1) >= (0 if k == "seed" else 1)
+                                      for k in ("epochs", "batch_size", "seed"))
+    if not ok:
+        raise SourceError(f"{path}: checkpoint.json's train entry must hold integers epochs, batch_size >= 1 and "
+                          f"seed >= 0, got {tr!r}")
+    t = tr.get("time_s", float("nan"))
+    return Testbed(data, model, opt if opt is not None else make_optimizer(model), measure(model, data),
+                   float(t) if isinstance(t, int | float) else float("nan"), tr.get("epochs", 1),
+                   tr.get("batch_size", 128), tr.get("seed", 0), pd.DataFrame())
+
+
+def load_base(path: str | Path, device: str | None = None) -> Testbed:
+    """The :class:`Testbed` of a saved base model (``htsr tinymem train`` or a comparison's ``base/``)."""
+    model, extra, opt, _, data = load_base_parts(path, device)
+    return testbed_of(path, model, extra, opt, data)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_base(path: str, device: str | None) -> Testbed:
+    return load_base(path, device)
+
+
+def compare_cell(method: str, *, base: Testbed | str, config: Mapping[str, Any], retain_size: int | None = None,
+                 device: str | None = None, progress: bool | None = None
+                 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One cell of the comparison (for :func:`htsr.experiments.run_sweep`): apply ``method`` with ``config`` (its
+    config as a dict) to ``base`` (a :class:`Testbed`, or the directory of a saved one, as a remote worker gets it);
+    returns (table row without its settings, {"settings": ...}). Nothing memorized is a failed unlearning cell."""
+    tb = base if isinstance(base, Testbed) else _cached_base(str(base), device)
+    cfg = mitigation_config(method, dict(config))
+    forget = forget_set(tb.data, tb.measurement) if family(method) == "unlearning" else None
+    _, row = apply_method(tb, method, config=cfg, retain_size=retain_size, forget=forget, progress=progress)
+    settings = row.pop("settings", cfg.to_dict())
+    return row, {"settings": settings}
+
+
 def run_comparison(base: Testbed, methods: Sequence[str] = ALL_METHODS, *,
                    configs: Mapping[str, MitigationConfig] | None = None,
                    hp: Mapping[str, Mapping[str, Any]] | None = None, retain_size: int | None = None,
-                   progress: bool | None = None, on_row: Any = None) -> pd.DataFrame:
+                   progress: bool | None = None, on_row: Any = None, executor: Any = None,
+                   base_dir: str | Path | None = None, store_dir: str | Path | None = None) -> pd.DataFrame:
     """One row per method (plus the base model's row); ``on_row(row)`` is called after each method.
 
     Settings: ``configs`` (method -> config), else :func:`comparison_configs` (method defaults, the comparison's
-    overrides, then ``hp``). A method that fails gets a row with its ``error`` and the others still run; when
-    every method fails, :class:`~htsr.errors.MeasurementError` names the failures (the rows are passed to
-    ``on_row`` first)."""
+    overrides, then ``hp``). Each method is a cell of :func:`htsr.experiments.run_sweep` (``executor``:
+    ``None``/``"local"`` in this process, ``"ray"`` or a Ray executor; a Ray worker loads the base model from
+    ``base_dir``, a saved test bed it can read), recorded in ``store_dir`` (default: a temporary directory). A
+    method that fails gets a row with its ``error`` and the others still run; when every method fails,
+    :class:`~htsr.errors.MeasurementError` names the failures (the rows are passed to ``on_row`` first)."""
+    from htsr.experiments import Cell, ResultStore, run_sweep
+    from htsr.experiments.executors import LocalExecutor
+
     methods = list(methods)
     if not methods:
         raise MemorizationError(f"no method to compare; expected some of {', '.join(ALL_METHODS)}")
@@ -204,36 +272,61 @@ def run_comparison(base: Testbed, methods: Sequence[str] = ALL_METHODS, *,
     if unknown:
         raise MemorizationError(f"unknown method(s) {unknown}; expected some of {', '.join(ALL_METHODS)}")
     cfgs = dict(configs) if configs is not None else comparison_configs(methods, hp)
+    cfgs = {m: cfgs.get(m) or mitigation_config(m) for m in methods}
     retain_size = _retain(base.data, retain_size, base.seed).shape[0] if retain_size is not None else None
-    rows = [_row("base", base.measurement, base.measurement, base.train_time_s, settings={"epochs": base.epochs})]
-    forget, no_forget = None, None
+    local = executor is None or executor == "local" or isinstance(executor, LocalExecutor)
+    if not local and base_dir is None:
+        raise MemorizationError("a remote executor loads the base model from disk: give base_dir (a saved test bed, "
+                                "e.g. the comparison's base/ directory)")
     if any(family(m) == "unlearning" for m in methods):
         try:
-            forget = forget_set(base.data, base.measurement)
+            forget_set(base.data, base.measurement)
         except MemorizationError as e:  # nothing memorized: unlearning rows say why, the others still run
-            no_forget = str(e)
             log.warning("tinymem compare: %s", e)
-    failures = []
-    for m in methods:
-        log.info("tinymem compare: %s", m)
-        cfg = cfgs.get(m) or mitigation_config(m)
-        if family(m) == "unlearning" and forget is None:
-            row = _failed_row(base, m, str(no_forget), cfg.to_dict())
-        else:
-            try:
-                _, row = apply_method(base, m, config=cfg, retain_size=retain_size, forget=forget, progress=progress)
-            except (HtsrError, RuntimeError, ValueError) as e:  # one failed method does not lose the others
-                log.error("tinymem compare: %s failed: %s", m, e)
-                row = _failed_row(base, m, f"{type(e).__name__}: {e}", cfg.to_dict())
-        if row.get("error"):
-            failures.append(f"{m} ({row['error']})")
-        rows.append(row)
-        if on_row is not None:
-            on_row(row)
-    table = pd.DataFrame(rows)
+    device = str(next(base.model.parameters()).device)
+    fn = functools.partial(compare_cell, base=base if local else str(base_dir), retain_size=retain_size,
+                           device=device, progress=progress)
+    from htsr.experiments.store import config_id
+
+    configs_d = {m: cfgs[m].to_dict() for m in methods}
+    cells = [Cell({"method": m, "config_id": config_id(configs_d[m])}) for m in methods]
+    rows: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="htsr-tinymem-") as tmp:
+        store = ResultStore(store_dir if store_dir is not None else tmp)
+
+        def record(r: dict[str, Any]) -> None:
+            m = r["method"]
+            if r.get("status") == "ok":
+                row = {k: v for k, v in r.items() if k not in ("key", "status", "wall_s", "config_id")}
+                row["settings"] = store.details(r["key"]).get("settings", configs_d[m])
+            else:
+                log.error("tinymem compare: %s failed: %s", m, r.get("error"))
+                row = _failed_row(base, m, str(r.get("error")), configs_d[m])
+            rows[m] = row
+            if on_row is not None:
+                on_row(row)
+
+        run_sweep(_MethodCell(fn, configs_d), cells, store, executor=executor, progress=False, on_row=record)
+    table = pd.DataFrame([_row("base", base.measurement, base.measurement, base.train_time_s,
+                               settings={"epochs": base.epochs}), *(rows[m] for m in methods if m in rows)])
+    failures = [f"{m} ({rows[m]['error']})" for m in methods if m in rows and rows[m].get("error")]
     if len(failures) == len(methods):
         raise ComparisonFailed(f"every method failed: {'; '.join(failures)}", table)
     return table
+
+
+class _MethodCell:
+    """A cell function taking ``(method, config_id)`` as the sweep's parameters, with each method's config held
+    here (picklable for any executor)."""
+
+    def __init__(self, fn: Any, configs: Mapping[str, Mapping[str, Any]]) -> None:
+        self.fn = fn
+        self.configs = dict(configs)
+
+    def __call__(self, *, method: str, config_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        metrics, details = self.fn(method, config=self.configs[method])
+        metrics = {k: v for k, v in metrics.items() if k != "method"}
+        return metrics, details
 
 
 def plot_comparison(table: pd.DataFrame, path: str | Path, title: str = "") -> Path:

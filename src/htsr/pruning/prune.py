@@ -421,15 +421,22 @@ def load_model(model_dir: str | Path, dtype: torch.dtype | None = None) -> nn.Mo
     """Load an HF model directory: the causal-LM class when the config names one, else the base model."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+    from htsr.io import safe_text
+    from htsr.spectra.reader import check_weights_dir
+
     path = Path(model_dir)
-    if not (path / "config.json").is_file():
-        raise PruningError(f"{path} is not a Hugging Face model directory (no config.json)")
-    cfg = AutoConfig.from_pretrained(str(path))
-    archs = getattr(cfg, "architectures", None) or []
-    causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
-    cls = AutoModelForCausalLM if causal else AutoModel
-    kw = {"dtype": dtype} if dtype is not None else {}
-    return cls.from_pretrained(str(path), **kw).eval()
+    read_model_config(path)
+    check_weights_dir(path)  # every header and index validated by htsr's reader before transformers reads them
+    try:
+        cfg = AutoConfig.from_pretrained(str(path))
+        archs = getattr(cfg, "architectures", None) or []
+        causal = any(isinstance(a, str) and a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+        cls = AutoModelForCausalLM if causal else AutoModel
+        kw = {"dtype": dtype} if dtype is not None else {}
+        return cls.from_pretrained(str(path), **kw).eval()
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        raise PruningError(f"{path}: transformers cannot load this model ({safe_text(msg)})") from None
 
 
 def save_pruned(model: nn.Module, out_dir: str | Path, report: PruneReport | None = None,

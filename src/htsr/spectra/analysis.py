@@ -208,22 +208,46 @@ def _analyse_matrix(p: MatrixPlan, mats: torch.Tensor, cfg: AnalysisConfig, row:
         row.update(status="failed", reason="all-zero matrix: no spectrum to fit")
         return
     store[p.name] = lam
-    eps = float(torch.finfo(mats.dtype).eps) if mats.dtype.is_floating_point else 1e-7
-    row.update(M.rank_metrics(lam, p.N, p.M, eps, eig_eps=solver_eps(p.M, cfg.precision, cfg.eig_method, cfg.device)))
+    # the rank tolerance is that of the arithmetic (float32 at least), not of the storage: bf16/f16 weights are
+    # exact float32 values, and their rank and entropy must be those of the same values stored in float32
+    compute = torch.promote_types(mats.dtype, torch.float32) if mats.dtype.is_floating_point else torch.float32
+    eps = float(torch.finfo(compute).eps)
+    eig_eps = solver_eps(p.M, cfg.precision, cfg.eig_method, cfg.device)
+    row.update(M.rank_metrics(lam, p.N, p.M, eps, eig_eps=eig_eps))
+    floor = M.noise_floor(float(lam[-1]), p.N, p.M, eps, eig_eps)
+    if mats.dtype.is_floating_point:  # rounding of the stored values (bf16: eps 2^-7) is a noise floor too
+        floor = max(floor, M.storage_noise_floor(lam, p.N, p.M, float(torch.finfo(mats.dtype).eps)))
     fit_kw = dict(threshold=cfg.threshold, xmin_pos=cfg.xmin_pos, peak_bins=cfg.peak_bins,
                   peak_legacy_bound=cfg.peak_legacy_bound, small_n=cfg.small_n)
+    full_lam = lam
+    if cfg.estimator == "farms":
+        from htsr.spectra.farms import farms_eigenvalues
+
+        lam, n_win, (wr, wc) = farms_eigenvalues(mats, r=cfg.farms_rows, q=cfg.farms_q, windows=cfg.farms_windows,
+                                                 stride=cfg.farms_stride, device=cfg.device,
+                                                 precision=cfg.precision, method=cfg.eig_method)
+        lam = lam * p.scale
+        row.update(farms_windows=n_win, farms_window=f"{wr}x{wc}")
     if cfg.fingers == "clip_xmax":
         fit = PL.fit_with_fingers_clipped(lam, cfg.xmin_rule, max_fingers=cfg.max_fingers,
                                           finger_thresh=cfg.finger_thresh, **fit_kw)
     else:
         fit = PL.fit_power_law(lam, cfg.xmin_rule, **fit_kw)
+    if fit.ok and fit.xmin <= floor:
+        fit = PL._failed(fit.xmin_rule, fit.n_total, f"power-law tail at rounding-noise level (xmin {fit.xmin:.3g} <= "
+                         f"noise floor {floor:.3g} of the stored values' rounding and the eigensolver; matrix_rank "
+                         f"{row['matrix_rank']})", fit.xmax)
     row.update(alpha=fit.alpha, xmin=fit.xmin, xmax=fit.xmax, D=fit.D, sigma=fit.sigma, n_tail=fit.n_tail,
                status=fit.status, reason=fit.reason)
     if cfg.fingers == "clip_xmax":
         row.update(num_fingers=fit.num_fingers, raw_alpha=fit.raw_alpha)
-    row.update(M.norm_metrics(lam, fit.alpha, rank=row.get("matrix_rank")))
+    row.update(M.norm_metrics(full_lam, fit.alpha, rank=row.get("matrix_rank")))
+    if cfg.detx:
+        from htsr.spectra.detx import detx_columns
+
+        row.update(detx_columns(full_lam, fit.xmin))
     if cfg.mp_fit:
-        row.update(M.mp_fit(lam, p.N, p.M))
+        row.update(M.mp_fit(full_lam, p.N, p.M))
     if cfg.randomize:
         gen = torch.Generator().manual_seed(_row_seed(cfg.seed, p.name))
         flat = mats.reshape(mats.shape[0], -1)
@@ -233,7 +257,7 @@ def _analyse_matrix(p: MatrixPlan, mats: torch.Tensor, cfg: AnalysisConfig, row:
         rlam = np.sort(eigenvalues(shuffled, device=cfg.device, precision=cfg.precision,
                                    method=cfg.eig_method).ravel()) * p.scale
         rstore[p.name] = rlam
-        row.update(M.random_esd_metrics(lam, rlam, p.N, p.M))
+        row.update(M.random_esd_metrics(full_lam, rlam, p.N, p.M))
     if cfg.tpl and fit.ok:
         t = PL.fit_truncated_power_law(lam, fit.xmin, threshold=cfg.threshold)
         row.update(tpl_alpha=t["alpha"], Lambda=t["Lambda"])

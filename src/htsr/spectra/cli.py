@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
 from htsr.cli import common as C
 
@@ -63,6 +62,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     C.add_executor(a)
     a.add_argument("--quiet", "-q", action="store_true", help="print only the summary")
     a.set_defaults(func=cmd_analyze)
+    _register_engine(sub)
+
+
+def _register_engine(sub: argparse._SubParsersAction) -> None:
+    """``htsr describe`` and ``htsr smooth`` (their code lives in :mod:`htsr.spectra.engine_cli`)."""
+    from htsr.spectra.engine_cli import register_engine
+
+    register_engine(sub)
 
 
 def _format_table(df, all_columns: bool) -> str:
@@ -91,26 +98,15 @@ def format_summary(summary: dict) -> str:
     return "summary: " + head + ("\n  mean over fitted layers: " + " ".join(vals) if vals else "")
 
 
-def _input_paths(*sources: str | None) -> list[str]:
-    """The paths an analysis reads: each source, and a sharded index's directory."""
-    out = []
-    for s in sources:
-        if s is None:
-            continue
-        out.append(s)
-        if str(s).endswith(".index.json"):
-            out.append(str(Path(s).parent))
-    return out
-
-
 def cmd_analyze(args: argparse.Namespace) -> int:
     from htsr.errors import MeasurementError
     from htsr.examples import example_path
     from htsr.io import check_not_input
     from htsr.progress import show_progress
     from htsr.spectra.analysis import analyze
+    from htsr.spectra.sources import input_paths
 
-    inputs = _input_paths(args.source, args.base)
+    inputs = input_paths(args.source, args.base)
     for out in [*args.out, *([args.plot] if args.plot else [])]:
         check_not_input(out, inputs)
     opts = {k: getattr(args, k) for k in _OPTION_ARGS if getattr(args, k) is not None}

@@ -8,6 +8,7 @@ from htsr.config import Config, check_keys
 from htsr.errors import ConfigError
 from htsr.spectra.powerlaw import EVALS_THRESH, XMIN_RULES
 
+ESTIMATORS = ("plain", "farms")
 KINDS = ("linear", "hf_conv1d", "conv1d", "conv2d", "embedding", "moe_expert", "lora")
 
 
@@ -28,6 +29,11 @@ class AnalysisConfig(Config):
     convolution kernels; 0.5 as WeightWatcher's conv2d_norm and TempBalance's conv_norm),
     ``conv_groups`` ("blockdiag": each group's block separately, the true operator's
     spectrum; "stacked": groups stacked as the references do).
+    Estimator: ``estimator`` ("plain": the ESD of each whole matrix; "farms": the pooled ESD of fixed-aspect-ratio
+    windows, :mod:`htsr.spectra.farms`, with ``farms_rows`` (window rows; None: half the smaller side),
+    ``farms_q`` (window columns / rows; 1 = square), ``farms_windows`` (windows per side) or ``farms_stride``).
+    The fit (alpha, xmin, D, ...) uses the FARMS ESD; norms and ranks stay those of the whole matrix.
+    ``detx`` adds WeightWatcher's detX / SETOL ERG condition columns (:func:`htsr.spectra.detx.detx`).
     Compute: ``device`` (cpu | cuda | auto), ``precision`` (auto | float32 | float64),
     ``eig_method`` (gram | svd), ``workers`` (layers processed concurrently on CPU, each
     with single-threaded BLAS; 0 = one per core, at most 4). Results do not depend on it.
@@ -63,6 +69,12 @@ class AnalysisConfig(Config):
     workers: int = 0
     layers: tuple[str, ...] = field(default_factory=tuple)
     exclude: tuple[str, ...] = field(default_factory=tuple)
+    estimator: str = "plain"
+    farms_rows: int | None = None
+    farms_q: float = 1.0
+    farms_windows: int = 10
+    farms_stride: int | None = None
+    detx: bool = False
 
     def validate(self) -> None:
         if self.xmin_rule not in XMIN_RULES or self.xmin_rule == "fixed":
@@ -97,6 +109,13 @@ class AnalysisConfig(Config):
         Patterns(self.exclude)
         if self.workers < 0:
             raise ConfigError(f"workers must be >= 0 (0 = automatic), got {self.workers}")
+        if self.estimator not in ESTIMATORS:
+            raise ConfigError(f"unknown estimator {self.estimator!r}; expected one of {', '.join(ESTIMATORS)}")
+        from htsr.spectra.farms import check_params
+
+        why = check_params(self.farms_rows, self.farms_q, self.farms_windows, self.farms_stride)
+        if why:
+            raise ConfigError(why)
         if self.min_evals < 0 or self.n_boot < 1:
             raise ConfigError("min_evals must be >= 0 and n_boot >= 1")
 

@@ -156,6 +156,10 @@ def _apply_rules(plans: list[MatrixPlan], cfg: AnalysisConfig) -> list[MatrixPla
             p.skip_reason = f"too many eigenvalues ({p.num_evals} > max_evals={cfg.max_evals})"
         elif cfg.max_N is not None and p.N > cfg.max_N:
             p.skip_reason = f"matrix too large (N={p.N} > max_N={cfg.max_N})"
+        elif cfg.estimator == "farms":
+            from htsr.spectra.farms import window_error
+
+            p.skip_reason = window_error(p.N, p.M, cfg.farms_rows, cfg.farms_q)
     return plans
 
 

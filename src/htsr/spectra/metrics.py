@@ -101,6 +101,33 @@ def rank_metrics(evals: np.ndarray, n_rows: int, n_cols: int, eps: float, eig_ep
     }
 
 
+def noise_floor(lambda_max: float, n_rows: int, n_cols: int, eps: float, eig_eps: float | None = None) -> float:
+    """The eigenvalue below which :func:`rank_metrics` counts an eigenvalue as zero (rounding noise).
+
+    lambda_max * (max(N, M) * eps)^2 (numpy's singular-value tolerance, squared), raised to
+    lambda_max * min(N, M) * eig_eps for a Gram eigensolve. Scale-free: a power-law tail that starts at or
+    below it is fitted to rounding noise, whatever the matrix's magnitude."""
+    floor = float(lambda_max) * (max(n_rows, n_cols) * eps) ** 2
+    if eig_eps is not None:
+        floor = max(floor, float(lambda_max) * max(min(n_rows, n_cols), 1) * eig_eps)
+    return floor
+
+
+def storage_noise_floor(evals: np.ndarray, n_rows: int, n_cols: int, storage_eps: float) -> float:
+    """Upper estimate of the largest eigenvalue of W's storage rounding error E (|E_ij| <= eps/2 |W_ij|).
+
+    ||E||^2 <= (storage_eps * rms(W) * (sqrt(N) + sqrt(M)))^2 with rms(W)^2 = sum(lambda) / (N M): the top of
+    the Marchenko-Pastur bulk of a random matrix of E's size, with eps (twice the unit roundoff) for margin. Far
+    below the bulk of any real layer (storage_eps^2 times its bulk edge: 6e-5 for bfloat16), and above every
+    eigenvalue that only rounding made non-zero (a rank-1 matrix stored in bfloat16)."""
+    lam = np.asarray(evals, dtype=np.float64)
+    if lam.size == 0 or n_rows * n_cols == 0:
+        return 0.0
+    n_mats = max(1, lam.size // max(min(n_rows, n_cols), 1))  # conv plans hold one spectrum per kernel position
+    ms = float(np.clip(lam, 0, None).sum()) / (n_rows * n_cols * n_mats)
+    return float((storage_eps * (math.sqrt(n_rows) + math.sqrt(n_cols))) ** 2 * ms)
+
+
 # ---------------------------------------------------------------- Marchenko-Pastur
 @lru_cache(maxsize=256)
 def _mp_unit_quantiles(Q: float, probs: tuple) -> np.ndarray:

@@ -14,11 +14,8 @@ checkpoints (``.bin``/``.pt``/``.pth``) only with ``allow_pickle=True`` and then
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,27 +24,11 @@ import torch
 
 from htsr.errors import SourceError
 from htsr.nn import layer_kind
+from htsr.spectra.entry import TensorEntry
+from htsr.spectra.reader import SafetensorsFile, index_entries, read_json, regular_file
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
-
-
-@dataclass
-class TensorEntry:
-    """One weight tensor, not yet loaded."""
-
-    name: str  # full parameter path, e.g. "encoder.layer.0.attention.self.query.weight"
-    shape: tuple[int, ...]
-    dtype: str
-    load: Callable[[], torch.Tensor]
-    kind: str | None = None  # known module kind (from an nn.Module), else inferred from name/shape
-    module_type: str | None = None  # class name when known
-    groups: int = 1  # conv groups when known (state dicts do not record them)
-
-    @property
-    def module(self) -> str:
-        """Module path: the parameter name without its trailing '.weight'."""
-        return self.name[: -len(".weight")] if self.name.endswith(".weight") else self.name
 
 
 def _is_float_dtype(dtype: str) -> bool:
@@ -55,7 +36,6 @@ def _is_float_dtype(dtype: str) -> bool:
     return d.startswith(("float", "bfloat", "f8", "f16", "f32", "f64", "bf16")) or d in ("half", "double")
 
 
-# ------------------------------------------------------------------ nn.Module
 def module_entries(model: torch.nn.Module) -> Iterator[TensorEntry]:
     """Weights of a torch module, keyed by full module path, in ``named_modules`` order.
 
@@ -98,71 +78,30 @@ def state_dict_entries(sd: Mapping[str, Any]) -> Iterator[TensorEntry]:
 
 
 # ------------------------------------------------------------------ safetensors
-def _check_safetensors_header(path: Path) -> None:
-    """Validate the header before handing the file to safetensors (clear errors)."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as fh:
-            raw = fh.read(8)
-            if len(raw) < 8:
-                raise SourceError(f"{path}: not a safetensors file (file is {size} bytes, header missing)")
-            (hlen,) = struct.unpack("<Q", raw)
-            if hlen <= 0 or 8 + hlen > size:
-                raise SourceError(
-                    f"{path}: corrupt or truncated safetensors header (declares {hlen} header bytes, file has {size})"
-                )
-            header = json.loads(fh.read(hlen))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SourceError(f"{path}: corrupt safetensors header ({e.__class__.__name__}: {e})") from None
-    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
-    if ends and 8 + hlen + max(ends) > size:
-        raise SourceError(
-            f"{path}: truncated safetensors file (tensor data needs {8 + hlen + max(ends)} bytes, file has {size})"
-        )
-
-
 def safetensors_entries(path: str | os.PathLike, names: list[str] | None = None) -> Iterator[TensorEntry]:
-    """Entries of one .safetensors file, read lazily through mmap one tensor at a time."""
-    from safetensors import safe_open
-
-    path = Path(path)
-    _check_safetensors_header(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            keys = list(f.keys())
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys}
-            dtypes = {k: str(f.get_slice(k).get_dtype()) for k in keys}
-    except Exception as e:  # safetensors raises its own error types
-        raise SourceError(f"{path}: cannot read safetensors file: {e}") from None
-    wanted = keys if names is None else [k for k in keys if k in set(names)]
+    """Entries of one .safetensors file: its header parsed and validated once by
+    :class:`htsr.spectra.reader.SafetensorsFile`, every tensor read from its one memory map."""
+    sf = SafetensorsFile(path)
+    wanted = sf.keys() if names is None else [k for k in names if k in sf]
     for k in wanted:
-        if len(shapes[k]) < 2 or not _is_float_dtype(dtypes[k]):
+        info = sf.info(k)
+        dtype = str(info.torch_dtype).replace("torch.", "")
+        if len(info.shape) < 2 or not _is_float_dtype(dtype):
             continue
-
-        def load(k=k) -> torch.Tensor:
-            with safe_open(str(path), framework="pt") as f:
-                return f.get_tensor(k)
-
-        yield TensorEntry(k, shapes[k], dtypes[k].lower(), load)
+        yield TensorEntry(k, info.shape, dtype, (lambda k=k: sf.tensor(k)))
 
 
 def sharded_entries(directory: Path, index_file: Path) -> Iterator[TensorEntry]:
-    """Entries of a sharded checkpoint, in the index's key order, shard by shard."""
-    try:
-        index = json.loads(index_file.read_text())
-        weight_map: dict[str, str] = index["weight_map"]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise SourceError(f"{index_file}: not a valid safetensors index ({e})") from None
-    by_file: dict[str, list[str]] = {}
-    for k, fn in weight_map.items():
-        by_file.setdefault(fn, []).append(k)
-    missing = [fn for fn in by_file if not (directory / fn).is_file()]
-    if missing:
-        raise SourceError(f"{directory}: shard(s) named in {index_file.name} are missing: {', '.join(missing)}")
-    order = {k: i for i, k in enumerate(weight_map)}
+    """Entries of a sharded checkpoint, in the index's key order (index validated by
+    :func:`htsr.spectra.reader.read_index`: shards inside ``directory``, regular files)."""
+    pairs = index_entries(index_file, directory)
+    order = {k: i for i, (k, _) in enumerate(pairs)}
+    by_file: dict[Path, list[str]] = {}
+    for k, f in pairs:
+        by_file.setdefault(f, []).append(k)
     entries = []
     for fn, ks in by_file.items():
-        entries.extend(safetensors_entries(directory / fn, names=ks))
+        entries.extend(safetensors_entries(fn, names=ks))
     entries.sort(key=lambda e: order.get(e.name, 0))
     yield from entries
 
@@ -222,12 +161,18 @@ def path_entries(path: str | os.PathLike, allow_pickle: bool = False) -> Iterato
         raise SourceError(f"{p}: no such file or directory")
     if p.is_dir():
         yield from directory_entries(p, allow_pickle)
-    elif p.suffix == ".safetensors":
+        return
+    if p.suffix == ".safetensors":
         yield from safetensors_entries(p)
     elif p.name.endswith(".index.json"):
         yield from sharded_entries(p.parent, p)
     elif p.suffix in PICKLE_SUFFIXES:
+        regular_file(p, "weights file")
         yield from pickle_entries(p, allow_pickle)
+    elif p.suffix.lower() == ".gguf":
+        from htsr.spectra.gguf_source import gguf_entries
+
+        yield from gguf_entries(p)
     else:
         raise SourceError(
             f"{p}: unsupported file type {p.suffix!r}; expected .safetensors, a safetensors index, "
@@ -300,11 +245,11 @@ def lora_entries(entries: Iterator[TensorEntry], config: Mapping | None = None) 
 def lora_adapter_config(path: Path) -> dict | None:
     """adapter_config.json beside a LoRA adapter, if any."""
     cfg = (path if path.is_dir() else path.parent) / "adapter_config.json"
-    if cfg.is_file():
-        try:
-            return json.loads(cfg.read_text())
-        except json.JSONDecodeError as e:
-            raise SourceError(f"{cfg}: invalid JSON ({e})") from None
+    if cfg.exists():
+        out = read_json(cfg, "adapter config")
+        if not isinstance(out, dict):
+            raise SourceError(f"{cfg}: not a valid adapter config (a JSON {type(out).__name__}, expected an object)")
+        return out
     return None
 
 
@@ -329,3 +274,15 @@ def iter_entries(source: Any, *, allow_pickle: bool = False) -> Iterator[TensorE
         f"unsupported source of type {type(source).__name__}; expected an nn.Module, a state dict, "
         "or a path to a .safetensors file / model directory"
     )
+
+
+def input_paths(*sources: str | None) -> list[str]:
+    """The paths an analysis reads: each source, and a sharded index's directory."""
+    out = []
+    for s in sources:
+        if s is None:
+            continue
+        out.append(s)
+        if str(s).endswith(".index.json"):
+            out.append(str(Path(s).parent))
+    return out

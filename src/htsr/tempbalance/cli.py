@@ -57,6 +57,7 @@ def register(subparsers: Any) -> None:
     C.add_set(c, fields)
     C.add_progress(c)
     C.add_threads(c)
+    C.add_executor(c)
     c.set_defaults(func=cmd_compare)
 
     s = sub.add_parser("report", help="summary table and plots of a results directory")
@@ -114,8 +115,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from htsr.tempbalance.recipes import get_recipe, run_comparison
 
     recipe = get_recipe(args.recipe, **C.overrides(args))
-    table = run_comparison(recipe, args.out_dir, fractions=args.fractions, seeds=tuple(args.seeds),
-                           methods=tuple(args.methods), progress=args.progress, overwrite=args.overwrite)
+    with C.executor_from_args(args) as executor:
+        table = run_comparison(recipe, args.out_dir, fractions=args.fractions, seeds=tuple(args.seeds),
+                               methods=tuple(args.methods), progress=args.progress, overwrite=args.overwrite,
+                               executor=executor)
     failed = table[table["status"] != "ok"] if "status" in table.columns else table.iloc[:0]
     if len(table) and len(failed) == len(table):
         raise MeasurementError(f"every cell failed, e.g. {failed['error'].iloc[0]} (see {args.out_dir}/results.csv)")

@@ -6,13 +6,11 @@ checkpoint never needs pickle to load.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 from torch import nn
 
 from htsr.errors import SourceError
@@ -83,20 +81,34 @@ def _dedupe(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def load_checkpoint(path: str | Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     strict: bool = True) -> dict[str, Any]:
     """Load weights (and optimizer state) written by :func:`save_checkpoint` into the given objects;
-    returns the ``extra`` metadata."""
+    returns the ``extra`` metadata. Files are read by the validated reader (:mod:`htsr.spectra.reader`); a
+    malformed ``checkpoint.json``, weights or optimizer file is a :class:`~htsr.errors.SourceError` naming it."""
+    from htsr.spectra.reader import read_json, read_safetensors
+
     d = Path(path)
     meta_path = d / "checkpoint.json"
-    if not meta_path.is_file():
+    if not meta_path.exists():
         raise SourceError(f"{d} is not a complete htsr checkpoint (no checkpoint.json)")
-    meta = json.loads(meta_path.read_text())
-    state = load_file(str(d / "model.safetensors"))
-    model.load_state_dict(state, strict=strict)
+    meta = read_json(meta_path, "checkpoint metadata")
+    if not isinstance(meta, dict):
+        raise SourceError(f"{meta_path}: not valid checkpoint metadata (a JSON {type(meta).__name__}, expected an "
+                          "object)")
+    extra = meta.get("extra", {})
+    if not isinstance(extra, dict):
+        raise SourceError(f"{meta_path}: not valid checkpoint metadata ('extra' is a {type(extra).__name__}, "
+                          "expected an object)")
+    _load_state(d / "model.safetensors", model, read_safetensors(d / "model.safetensors"), strict)
     if optimizer is not None:
         if "optimizer" not in meta:
             raise SourceError(f"{d} holds no optimizer state")
-        tensors = load_file(str(d / "optimizer.safetensors"))
-        optimizer.load_state_dict(_unflatten_optimizer(meta["optimizer"], tensors))
-    return meta.get("extra", {})
+        opt_path = d / "optimizer.safetensors"
+        tensors = {k: v.clone() for k, v in read_safetensors(opt_path).items()}
+        try:
+            optimizer.load_state_dict(_unflatten_optimizer(meta["optimizer"], tensors))
+        except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as e:
+            raise SourceError(f"{opt_path}: optimizer state does not match the optimizer or its structure in "
+                              f"{meta_path.name} ({type(e).__name__})") from None
+    return extra
 
 
 def save_weights(path: str | Path, model: nn.Module) -> Path:
@@ -107,17 +119,25 @@ def save_weights(path: str | Path, model: nn.Module) -> Path:
 
 
 def load_weights(path: str | Path, model: nn.Module, strict: bool = True) -> None:
-    """Load a single safetensors file of ``model``'s state dict (the landscape recipes' ``--weights``). A missing
-    file, a file that is not safetensors, or weights of another architecture are a
-    :class:`~htsr.errors.SourceError` naming the file."""
+    """Load a single safetensors file of ``model``'s state dict (the landscape recipes' ``--weights``) through the
+    validated reader (:mod:`htsr.spectra.reader`). A missing file, a file that is not safetensors, or weights of
+    another architecture are a :class:`~htsr.errors.SourceError` naming the file."""
+    from htsr.spectra.reader import read_safetensors
+
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise SourceError(f"{p}: no such weights file")
     try:
-        state = load_file(str(p))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise SourceError(f"{p}: not a readable safetensors file ({str(e).splitlines()[0] if str(e) else e!r})") from e
+        state = read_safetensors(p)
+    except SourceError as e:
+        msg = str(e)
+        msg = msg[len(f"{p}: "):] if msg.startswith(f"{p}: ") else msg
+        raise SourceError(f"{p}: not a readable safetensors file ({msg})") from None
+    _load_state(p, model, state, strict)
+
+
+def _load_state(p: Path, model: nn.Module, state: dict[str, torch.Tensor], strict: bool) -> None:
     try:
         model.load_state_dict(state, strict=strict)
-    except RuntimeError as e:
-        raise SourceError(f"{p}: weights do not fit the model ({str(e).splitlines()[0]})") from e
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise SourceError(f"{p}: weights do not fit the model ({str(e).splitlines()[0] if str(e) else e!r})") from e
