@@ -176,10 +176,13 @@ def cmd_allocate(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
-    from htsr.ensembles.cli import _prepare  # the shared resumable-output-directory rule
     from htsr.errors import ConfigError, MeasurementError
     from htsr.experiments.store import ResultStore
-    from htsr.io import write_json, write_table
+    from htsr.io import (
+        prepare_run_dir,  # the shared resumable-output-directory rule
+        write_json,
+        write_table,
+    )
     from htsr.lora.config import VARIANTS, preset_config
     from htsr.lora.train import compare, execution_free, paired_table, summarize
 
@@ -218,7 +221,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         plan(cfg.replace(variant=v))
     out = Path(args.out_dir)
     key = {"config": execution_free(cfg)}
-    if _prepare(out, key, "lora.json", args.overwrite):
+    if prepare_run_dir(out, key, "lora.json", overwrite=args.overwrite):
         C.say(f"resuming {out} ({len(ResultStore(out))} cell(s) recorded)")
     table = compare(cfg, variants, list(args.tasks), seeds, out, executor=executor, progress=args.progress,
                     save_adapters=args.adapters)
