@@ -105,6 +105,42 @@ def test_every_help_prints(capsys):
         assert rc == 0 and "usage:" in out, cmd
 
 
+# ------------------------------------------------------------------ the other sub-commands' nonsense values
+BAD_OTHER = [
+    (["prune", "{hf}", "--sparsity", "0.5", "--seqlen", "0", "--out-dir", "{tmp}/o"], "--seqlen"),
+    (["prune", "{hf}", "--sparsity", "0.5", "--owl-m", "-1", "--out-dir", "{tmp}/o"], "--owl-m"),
+    (["prune", "{hf}", "--sparsity", "1.5", "--out-dir", "{tmp}/o"], "--sparsity"),
+    (["prune", "{hf}", "--sparsity", "0.5", "--out-dir", "{hf}/inside"], "inside the input"),
+    (["prune", "{hf}", "--sparsity", "0.5", "--out-dir", "{tmp}", "--overwrite"], "contains the input"),
+    (["perplexity", "{hf}", "--text", "{tmp}/t.txt", "--seqlen", "0"], "--seqlen"),
+    (["perplexity", "{hf}", "--text", "{tmp}/t.txt", "--seqlen", "100"], "exceeds the model's 16 positions"),
+    (["tinymem", "train", "--set", "epochs=abc", "--out-dir", "{tmp}/tm"], "epochs"),
+    (["tinymem", "train", "--data", "max_ctx=abc", "--out-dir", "{tmp}/tm"], "max_ctx"),
+    (["tinymem", "train", "--seed", "-1", "--out-dir", "{tmp}/tm"], "--seed"),
+    (["tinymem", "compare", "--methods", ",,", "--out-dir", "{tmp}/tm"], "--methods"),
+    (["tinymem", "compare", "--retain-size", "-3", "--out-dir", "{tmp}/tm"], "--retain-size"),
+    (["tinymem", "compare", "--hp", "epochs=0", "--out-dir", "{tmp}/tm"], "epochs"),
+    (["landscape", "surface", "--plot", "{tmp}/p.txt"], ".txt"),
+    (["landscape", "surface", "--save-weights", "{tmp}/w.txt"], ".txt"),
+    (["tempbalance", "compare", "--fractions", "2.0"], "fractions"),
+]
+
+
+@pytest.mark.parametrize("argv,match", BAD_OTHER, ids=[" ".join(c[0][:4]) for c in BAD_OTHER])
+def test_other_commands_refuse_nonsense_before_work(tmp_path, capsys, argv, match):
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1, "n_embd": 8, "n_head": 2,
+                                                "vocab_size": 11, "n_positions": 16}))
+    (tmp_path / "t.txt").write_text("hello world")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    rc, _, err = _run([a.format(hf=hf, tmp=tmp_path) for a in argv], capsys)
+    assert rc == 2, err
+    lines = _error_lines(err)
+    assert len(lines) == 1 and match in lines[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, nothing deleted
+
+
 # ------------------------------------------------------------------ analyze: inputs
 def test_bad_sources_exit_2_one_line(tmp_path, capsys):
     fifo = tmp_path / "x.safetensors"
