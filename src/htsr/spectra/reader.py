@@ -194,6 +194,8 @@ class SafetensorsFile:
                     self._mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
                 except (OSError, ValueError) as e:
                     raise SourceError(f"{self.path}: cannot map the file ({e})") from None
+                if len(self._mm) < size:  # shrunk since it was validated
+                    raise SourceError(f"{self.path}: the file changed while it was read")
         finally:
             os.close(fd)
 
