@@ -220,8 +220,9 @@ def write_table(path: str | os.PathLike, df) -> Path:
     return atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
-_CONTROL = {i: f"\\x{i:02x}" for i in (*range(0x00, 0x20), 0x7F)}
-_CONTROL.update({0x9B: "\\x9b"})
+_CONTROL = {i: f"\\x{i:02x}" for i in (*range(0x00, 0x20), *range(0x7F, 0xA0))}  # C0, DEL and C1 (CSI, OSC...)
+# bidirectional overrides and isolates reorder what the terminal shows
+_CONTROL.update({i: f"\\u{i:04x}" for i in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))})
 
 
 def safe_text(s: Any) -> str:

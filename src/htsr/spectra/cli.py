@@ -74,13 +74,14 @@ def _register_engine(sub: argparse._SubParsersAction) -> None:
 
 def _format_table(df, all_columns: bool) -> str:
     import pandas as pd
+    from pandas.api.types import is_object_dtype, is_string_dtype
 
     from htsr.io import safe_text
 
     cols = list(df.columns) if all_columns else [c for c in TABLE_COLUMNS if c in df.columns]
     view = df[cols].copy()
     for c in view.columns:
-        if view[c].dtype == object:
+        if is_object_dtype(view[c]) or is_string_dtype(view[c]):  # pandas 3 infers a str dtype, not object
             view[c] = view[c].map(lambda v: safe_text(v) if isinstance(v, str) else v)
     with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
                            "display.float_format", lambda v: f"{v:.4g}"):
@@ -142,5 +143,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         C.say(f"wrote {len(paths)} plot(s) to {args.plot}")
     if summary["n_rows"] == 0:
         raise MeasurementError("no weight matrices found in the source")
+    errors = [r for r in result.rows if r["status"] == "error"]
+    if errors and not any(r["status"] in ("success", "failed") for r in result.rows):
+        raise MeasurementError(f"no layer could be analysed: {len(errors)} row(s) are errors, the rest skipped "
+                               f"(first: {errors[0]['name']}: {errors[0]['reason']})")
     sys.stdout.flush()
     return 0

@@ -86,6 +86,7 @@ class AnalysisConfig(Config):
             raise ConfigError(f"unknown layer kind(s) {bad}; expected some of {', '.join(KINDS)}")
         if self.conv_groups not in ("blockdiag", "stacked"):
             raise ConfigError(f"unknown conv_groups {self.conv_groups!r}; expected 'blockdiag' or 'stacked'")
+        _check_device(self.device)
         if self.precision not in ("auto", "float32", "float64"):
             raise ConfigError(f"unknown precision {self.precision!r}; expected auto, float32 or float64")
         if self.eig_method not in ("gram", "svd"):
@@ -121,6 +122,23 @@ class AnalysisConfig(Config):
 
     def as_dict(self) -> dict:
         return self.to_dict()
+
+
+def _check_device(device: object) -> None:
+    """cpu, auto, cuda or cuda:N, and a CUDA device only when this machine has it (before any work starts)."""
+    import re
+
+    import torch
+
+    d = str(device).strip().lower()
+    if d in ("cpu", "auto"):
+        return
+    if not re.fullmatch(r"cuda(:\d+)?", d):
+        raise ConfigError(f"unknown device {device!r}; expected cpu, cuda, cuda:N or auto")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: no CUDA device on this machine; use cpu or auto")
+    if ":" in d and int(d.split(":")[1]) >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 PRESETS: dict[str, dict] = {
