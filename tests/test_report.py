@@ -289,3 +289,62 @@ def test_base_must_be_an_analysis(saved, tmp_path):
         build_report(d / "with.json", base=tm)
     with pytest.raises(ReportError, match="--base applies to analyses only"):
         build_report(tm, base=d / "with.json")
+
+
+def test_randomized_analysis_shows_traps_and_randomized_esd(torch_one_thread):
+    from htsr.spectra.analysis import analyze
+    from tests.conftest import heavy_tailed
+
+    w = heavy_tailed(200, 100, seed=7)
+    w[0, 0] = 400.0  # one huge entry: the shuffled matrix keeps a spike above its MP edge (a correlation trap)
+    an = analyze({"trap.weight": w, "plain.weight": heavy_tailed(180, 90, seed=8)}, randomize=True)
+    assert detect(an) == "analysis"
+    secs = {s["id"]: s for s in build_report(an).sections}
+    cards = {c["label"]: c["value"] for c in secs["summary"]["items"]}
+    traps = sum(1 for r in an.rows if r["status"] == "success" and r.get("rand_num_spikes", 0) > 0)
+    assert traps >= 1 and cards["correlation traps"] == traps
+    assert "rand_hist" in secs["esd"]["layers"]["trap"] and "rand_ccdf" in secs["esd"]["layers"]["trap"]
+
+
+def test_bundle_is_cached_and_a_missing_vl_convert_is_a_clear_error(tmp_path, monkeypatch):
+    import sys
+
+    from htsr.report import bundle
+
+    monkeypatch.setenv("HTSR_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(bundle, "_memo", {})
+    monkeypatch.setattr(bundle, "bundle_version", lambda: "test")
+    monkeypatch.setattr(bundle, "vegalite_version", lambda: "latest")
+    monkeypatch.setitem(sys.modules, "vl_convert", None)  # import fails
+    with pytest.raises(ReportError, match=r"needs vl-convert-python .*pip install 'htsr\[report\]'"):
+        bundle.javascript_bundle()
+    cached = tmp_path / "report" / "vega-bundle-test-vllatest.js"
+    cached.parent.mkdir(parents=True)
+    cached.write_text("window.vegaEmbed = function () {};")  # a cached bundle needs no vl-convert
+    assert bundle.javascript_bundle() == "window.vegaEmbed = function () {};"
+
+
+def test_names_cannot_inject_markup(saved, tmp_path):
+    from htsr.spectra.analysis import Analysis
+
+    _, d = saved
+    an = Analysis.load(d / "with.json")
+    evil = "</script><script>alert(1)</script><!--&"
+    old = an.rows[0]["name"]
+    an.rows[0]["name"] = evil
+    an.evals[evil] = an.evals.pop(old)
+    out = tmp_path / "e.html"
+    write_report(an, out)
+    html = out.read_text()
+    assert "alert(1)</script>" not in html and "<!--&" not in html
+    data = _data(html)
+    assert next(s for s in data["sections"] if s["id"] == "table")["rows"][0]["name"] == evil
+
+
+def test_stored_chart_specs_are_the_altair_builders_output():
+    """The analysis charts are stored as JSON (no altair import per report): they must equal what
+    htsr.report.charts builds now, validated against the Vega-Lite schema (regenerate: python -m htsr.report.charts)."""
+    from htsr.report import _specs, charts
+
+    assert charts.build_all() == _specs.SPECS
+    assert charts.vegalite_version() == _specs.VEGALITE_VERSION

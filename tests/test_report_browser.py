@@ -157,3 +157,22 @@ def test_minilm_report_screenshot(driver, minilm_dir, tmp_path):
     driver.execute_script("window.scrollTo(0, 0)")
     driver.save_screenshot(str(path))
     assert path.stat().st_size > 10_000
+
+
+def test_a_hostile_layer_name_is_shown_as_text(driver, small, tmp_path):
+    from htsr.report import write_report
+    from htsr.spectra.analysis import Analysis
+
+    _, d = small
+    an = Analysis.load(d / "an.json")
+    evil = '<img src=x onerror="window.pwned=1"></script><script>window.pwned=2</script>'
+    old = an.rows[0]["name"]
+    an.rows[0]["name"] = evil
+    an.evals[evil] = an.evals.pop(old)
+    out = tmp_path / "e.html"
+    write_report(an, out)
+    _open(driver, out)
+    assert driver.execute_script("return window.pwned === undefined")
+    assert driver.execute_script("return document.querySelector('#table tbody td').textContent") == evil
+    assert driver.execute_script("return document.querySelectorAll('main img').length") == 0
+    _clean(driver)

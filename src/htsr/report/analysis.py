@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from typing import TYPE_CHECKING, Any
@@ -134,85 +135,28 @@ def layer_records(an: Analysis) -> list[dict]:
     return out
 
 
-def _alpha_chart(records: list[dict], *, color: str = "band", delta: bool = False) -> dict:
-    import altair as alt
+def _static(name: str, datasets: dict[str, list]) -> dict:
+    """A fresh copy of a stored chart spec (:mod:`htsr.report._specs`, built by :mod:`htsr.report.charts` with
+    altair and tested equal) with its named ``datasets`` attached."""
+    from htsr.report._specs import SPECS
 
-    data = alt.Data(name="layers")
-    x = alt.X("idx:Q", title="layer (analysis order)", axis=alt.Axis(tickMinStep=1))
-    top = max([ALPHA_BAND[1] + 1] + [r["alpha_shown"] for r in records if r.get("alpha_shown") is not None])
-    tips = [alt.Tooltip("name:N", title="layer")]
-    if color == "model":
-        tips.append(alt.Tooltip("model:N"))
-    tips += [alt.Tooltip(f"{k}:Q", format=".4g") for k in TOOLTIP[1:]]
-    y = alt.Y("alpha_shown:Q", title="alpha (power-law exponent)",
-              scale=alt.Scale(domain=[0, math.ceil(top * 1.05)], nice=False))
-    if color == "model":
-        col = alt.Color("model:N", title=None, legend=alt.Legend(orient="top"))
-    else:
-        col = alt.Color("band:N", title=None, legend=alt.Legend(orient="top"),
-                        scale=alt.Scale(domain=["in band", "outside band"], range=["#1f77b4", "#ff7f0e"]))
-    band = alt.Chart(alt.Data(values=[{"lo": ALPHA_BAND[0], "hi": ALPHA_BAND[1]}])).mark_rect(
-        color="#2ca02c", opacity=0.12).encode(y=alt.Y("lo:Q"), y2="hi:Q")
-    base = alt.Chart(data).transform_filter("isValid(datum.alpha_shown)")
-    if color == "model":
-        line = base.mark_line(strokeWidth=0.8, opacity=0.5).encode(x=x, y=y, color=col)
-    else:
-        line = base.mark_line(strokeWidth=0.8, opacity=0.5, color="#1f77b4").encode(x=x, y=y)
-    pts = base.mark_point(filled=True, size=46, cursor="pointer", opacity=0.9).encode(x=x, y=y, color=col,
-                                                                                      tooltip=tips)
-    chart = alt.layer(band, line, pts).properties(width=900, height=300)
-    return finish(chart, {"layers": records})
+    out = json.loads(json.dumps(SPECS[name]))
+    out["datasets"] = datasets
+    return out
+
+
+def _alpha_chart(records: list[dict], *, color: str = "band") -> dict:
+    """alpha by layer (``color``: ``band`` in/outside 2-6, or ``model`` for a comparison)."""
+    return _static(f"alpha_{color}", {"layers": records})
 
 
 def _delta_chart(records: list[dict]) -> dict:
-    import altair as alt
-
-    x = alt.X("idx:Q", title="layer (analysis order)", axis=alt.Axis(tickMinStep=1))
-    chart = alt.Chart(alt.Data(name="delta")).mark_bar(cursor="pointer").encode(
-        x=x, y=alt.Y("delta:Q", title="alpha - alpha of BASE"),
-        color=alt.condition("datum.delta > 0", alt.value("#ff7f0e"), alt.value("#1f77b4")),
-        tooltip=[alt.Tooltip("name:N", title="layer"), alt.Tooltip("alpha:Q", format=".4g"),
-                 alt.Tooltip("alpha_base:Q", format=".4g"), alt.Tooltip("delta:Q", format="+.4g")],
-    ).transform_filter("isValid(datum.delta)").properties(width=900, height=220)
-    return finish(chart, {"delta": records})
+    return _static("delta", {"delta": records})
 
 
 def esd_spec() -> dict:
     """The ESD viewer: density histogram and complementary CDF in log-log, with the fit and xmin (data ``esd``)."""
-    import altair as alt
-
-    data = alt.Data(name="esd")
-    colors = alt.Scale(domain=["ESD", "randomized", "power-law fit", "xmin"],
-                       range=["#1f77b4", "#ff7f0e", "#d62728", "#2ca02c"])
-    col = alt.Color("s:N", title=None, scale=colors, legend=alt.Legend(orient="top"))
-    xs = alt.X("x:Q", scale=alt.Scale(type="log"), title="eigenvalue lambda",
-               axis=alt.Axis(format="~e", labelOverlap="greedy", grid=False))
-    ylog = alt.Scale(type="log")
-    yax = alt.Axis(format="~e", labelOverlap="greedy")
-    tip = [alt.Tooltip("s:N", title="series"), alt.Tooltip("x:Q", format=".4g", title="lambda"),
-           alt.Tooltip("y:Q", format=".4g")]
-
-    def part(p: str, sel: tuple[str, ...]) -> alt.Chart:
-        return alt.Chart(data).transform_filter(alt.datum.p == p).transform_filter(
-            alt.FieldOneOfPredicate(field="s", oneOf=list(sel)))
-
-    dens = alt.layer(
-        part("density", ("ESD", "randomized")).mark_rect(opacity=0.45).encode(
-            x=xs, x2="x2:Q", y=alt.Y("y:Q", scale=ylog, title="density p(lambda)", axis=yax), y2="y0:Q", color=col,
-            tooltip=tip),
-        part("density", ("power-law fit",)).mark_line(strokeWidth=2.5).encode(x=xs, y="y:Q", color=col, tooltip=tip),
-        part("density", ("xmin",)).mark_rule(strokeDash=[4, 3], strokeWidth=1.6).encode(x=xs, color=col),
-    ).properties(width=430, height=300, title="log-log ESD (density)")
-    ccdf = alt.layer(
-        part("ccdf", ("ESD", "randomized")).mark_line(interpolate="step-after").encode(
-            x=xs, y=alt.Y("y:Q", scale=ylog, title="P(Lambda >= lambda)", axis=yax), color=col, tooltip=tip),
-        part("ccdf", ("power-law fit",)).mark_line(strokeWidth=2.5, strokeDash=[6, 3]).encode(
-            x=xs, y="y:Q", color=col, tooltip=tip),
-        part("ccdf", ("xmin",)).mark_rule(strokeDash=[4, 3], strokeWidth=1.6).encode(x=xs, color=col),
-    ).properties(width=430, height=300, title="complementary CDF")
-    spec = finish(alt.hconcat(dens, ccdf).resolve_scale(color="shared"), {"esd": []})
-    spec["padding"] = {"left": 24, "right": 5, "top": 5, "bottom": 5}  # room for the exponent labels
-    return spec
+    return _static("esd", {"esd": []})
 
 
 def _layer_info(r: dict) -> str:

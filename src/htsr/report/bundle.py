@@ -67,9 +67,16 @@ def bundle_version() -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", v)
 
 
+def vegalite_version() -> str:
+    """The Vega-Lite version (``major.minor``) the report's specs were written for (altair's, when generated)."""
+    from htsr.report._specs import VEGALITE_VERSION
+
+    return VEGALITE_VERSION
+
+
 def cache_path() -> Path:
-    """Where the bundle of the installed vl-convert is cached."""
-    return _cache_dir() / f"vega-bundle-{bundle_version()}.js"
+    """Where the bundle of the installed vl-convert (and Vega-Lite version) is cached."""
+    return _cache_dir() / f"vega-bundle-{bundle_version()}-vl{vegalite_version()}.js"
 
 
 def javascript_bundle() -> str:
@@ -87,7 +94,8 @@ def javascript_bundle() -> str:
     except OSError:
         text = None
     if text is None:
-        text = _vlc().javascript_bundle()
+        vlc, vl = _vlc(), vegalite_version()
+        text = vlc.javascript_bundle(vl_version=vl) if vl in vlc.get_vegalite_versions() else vlc.javascript_bundle()
         try:
             from htsr.io import atomic_write
 

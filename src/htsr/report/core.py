@@ -2,6 +2,7 @@
 
 Sources (detected from the files, in this order):
 
+* an :class:`~htsr.spectra.analysis.Analysis` object (its eigenvalues, when kept, give the ESDs);
 * a saved analysis: ``.json`` with schema ``htsr.analysis/*`` or ``.parquet`` (:meth:`Analysis.load`);
 * a pruning run: a directory with ``htsr_pruning_report.json``, or that file (schema ``htsr.pruning/*``);
 * a TempBalance comparison directory (``results.csv`` with recipe/method/fraction columns, ``cells/*.json``), or
@@ -55,7 +56,9 @@ def _read_json(p: Path) -> Any:
 def detect(source: Any) -> str:
     """The kind of ``source`` (one of :data:`KINDS` but ``comparison``; ``model`` for anything to analyse)."""
     if not isinstance(source, str | os.PathLike):
-        return "model"
+        from htsr.spectra.analysis import Analysis
+
+        return "analysis" if isinstance(source, Analysis) else "model"
     p = Path(source)
     if p.is_dir():
         if (p / "htsr_pruning_report.json").is_file():
@@ -95,6 +98,8 @@ def detect(source: Any) -> str:
 def _describe(source: Any) -> str:
     if isinstance(source, str | os.PathLike):
         return str(source)
+    if hasattr(source, "rows") and hasattr(source, "metadata"):
+        return str(source.metadata.get("source", "analysis"))
     return type(source).__name__
 
 
@@ -102,7 +107,9 @@ def _analysis(source: Any, kind: str, analyze_options: dict[str, Any]) -> tuple[
     from htsr.spectra.analysis import Analysis, analyze
 
     t0 = time.perf_counter()
-    if kind == "analysis":
+    if isinstance(source, Analysis):
+        an = source
+    elif kind == "analysis":
         an = Analysis.load(source)
     else:
         an = analyze(source, **analyze_options)

@@ -44,6 +44,16 @@ def _r(v: float) -> float:
     return float(f"{v:.{DIGITS}g}")
 
 
+def _rounded(a: np.ndarray) -> list[float]:
+    """``a`` rounded to :data:`DIGITS` significant digits, as a list (vectorised :func:`_r`)."""
+    a = np.asarray(a, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mag = np.floor(np.log10(np.abs(a)))
+    mag[~np.isfinite(mag)] = 0.0
+    scale = 10.0 ** (DIGITS - 1 - mag)
+    return (np.round(a * scale) / scale).tolist()
+
+
 def _finite(v: Any) -> float | None:
     try:
         f = float(v)
@@ -93,11 +103,13 @@ def esd_digest(evals: Any, row: dict, randomized: Any = None, *, max_bins: int =
 
     def hist(x: np.ndarray) -> list[list[float]]:
         dens, edges = np.histogram(x, bins=bins, density=True)
-        return [[_r(edges[i]), _r(edges[i + 1]), _r(d)] for i, d in enumerate(dens) if d > 0]
+        keep = dens > 0
+        return [list(t) for t in zip(_rounded(edges[:-1][keep]), _rounded(edges[1:][keep]), _rounded(dens[keep]),
+                                     strict=True)]
 
     def ccdf(x: np.ndarray) -> list[list[float]]:
         idx = ccdf_ranks(x.size, max_points)
-        return [[_r(x[i]), _r(1.0 - i / x.size)] for i in idx]
+        return [list(t) for t in zip(_rounded(x[idx]), _rounded(1.0 - idx / x.size), strict=True)]
 
     out["hist"] = hist(lam)
     out["ccdf"] = ccdf(lam)

@@ -125,7 +125,7 @@ def pruning(path: Path) -> tuple[list[dict], str]:
     spars = alt.Chart(alt.Data(name="sparsity")).mark_line(point=True).encode(
         x=x, y=alt.Y("sparsity:Q", title="sparsity"), color=alt.Color("series:N", title=None,
                                                                       legend=alt.Legend(orient="top")),
-        tooltip=tips).properties(width=900, height=280)
+        strokeDash=alt.StrokeDash("series:N", title=None, legend=None), tooltip=tips).properties(width=900, height=280)
     sections = [{"type": "cards", "id": "summary", "title": "Summary", "items": cards},
                 {"type": "chart", "id": "sparsity", "title": "Sparsity per layer", "link": None,
                  "spec": _spec(spars, {"sparsity": _records(long)}),
@@ -319,8 +319,8 @@ def tinymem(path: Path) -> tuple[list[dict], str]:
     tips = [alt.Tooltip(f"{c}:Q", format=".2f") if c not in ("method", "family") else f"{c}:N"
             for c in ("method", "family", "mem_before", "mem_after", "acc_before", "acc_after") if c in show.columns]
     sc = alt.Chart(alt.Data(name="methods")).mark_point(filled=True, size=70).encode(
-        x=alt.X("mem_after:Q", title="% memorized after"), y=alt.Y("acc_after:Q", title="accuracy after (%)",
-                                                                 scale=alt.Scale(zero=False)),
+        x=alt.X("mem_after:Q", title="% memorized after", scale=alt.Scale(padding=24)),
+        y=alt.Y("acc_after:Q", title="accuracy after (%)", scale=alt.Scale(zero=False, padding=24)),
         color=alt.Color("family:N", title="family") if "family" in show.columns else alt.value("#1f77b4"),
         tooltip=tips)
     labels = alt.Chart(alt.Data(name="methods")).mark_text(align="left", dx=6, fontSize=10).encode(
