@@ -112,3 +112,17 @@ def test_summaries_pool_secrets_over_seeds_with_wilson_bounds():
     assert (hit["ser_any_lo"], hit["ser_any_hi"]) == pytest.approx(wilson_interval(4, 8))
     pts = summarize_points(table)
     assert len(pts) == 4 and pts["ser_exact"].tolist() == [0.0, 0.0, 0.0, 0.5]
+
+
+def test_the_plot_of_an_all_zero_summary(tmp_path):
+    # regression: Wilson bounds at SER 0 once gave a -1e-17 error bar that matplotlib refused
+    from htsr.phishing.metrics import wilson_interval
+    from htsr.phishing.plots import plot_summary
+
+    assert wilson_interval(0, 24)[0] == 0.0 and wilson_interval(24, 24)[1] == 1.0
+    lo, hi = wilson_interval(0, 24)
+    rows = [{"factor": "num_poisons", "value": v, **{f"ser_{k}": 0.0 for k in ("exact", "random", "any")},
+             **{f"ser_{k}_lo": lo - 1e-17 for k in ("exact", "random", "any")},
+             **{f"ser_{k}_hi": hi for k in ("exact", "random", "any")}} for v in (0, 10)]
+    plot_summary(pd.DataFrame(rows), tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 0
