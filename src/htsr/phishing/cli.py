@@ -78,8 +78,8 @@ def register(subparsers: Any) -> None:
                    help="oat: one factor at a time around the preset (default); full: every combination")
     shared(s)
     C.add_executor(s)
-    C.add_out_dir(s, "results directory (results.csv, cells/, summary.csv, pretrained/); an existing one of the "
-                     "same configuration is resumed")
+    C.add_out_dir(s, "results directory (results.csv, cells/, summary.csv, points.csv, pretrained/); an existing "
+                     "one of the same configuration is resumed")
     C.add_out(s, (".csv", ".json"), "also write the summary (SER with Wilson bounds per factor value)")
     C.add_plot(s, "SER against each factor, with 95%% Wilson intervals (PNG)")
     s.set_defaults(func=cmd_sweep)
@@ -172,7 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from htsr.errors import ConfigError, MeasurementError
     from htsr.io import write_json, write_table
-    from htsr.phishing.sweep import design, summarize, sweep
+    from htsr.phishing.sweep import design, summarize, summarize_points, sweep
 
     cfg, pre = _config(args)
     if any(s < 0 for s in args.seeds):
@@ -194,6 +194,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise MeasurementError(f"every cell of the sweep failed; see {out / 'results.csv'} and cells/*.json")
     summary = summarize(ok, cfg, axes)
     write_table(out / "summary.csv", summary)
+    write_table(out / "points.csv", summarize_points(ok))
     write_json(out / "sweep.json", {"resume_key": key, "status": "done", "config": cfg.to_dict(), "axes": axes,
                                     "seeds": sorted(set(args.seeds)), "design": args.design, "model_info": minfo})
     if args.out:
