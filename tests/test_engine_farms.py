@@ -134,3 +134,17 @@ def test_detx_no_overflow_and_columns_in_rows(torch_one_thread):
     ref_num, ref_idx = detx(lam)
     assert r["detx_num"] == ref_num and r["detx_xmin"] == pytest.approx(np.sort(lam)[ref_idx], rel=1e-8)
     assert math.isfinite(r["detx_log_ratio"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_farms_cuda_matches_cpu():
+    w = _matrix("t3", 1024, 256, seed=4)
+    cpu, n, _ = farms_eigenvalues(w, precision="float64")
+    gpu, m, _ = farms_eigenvalues(w, precision="float64", device="cuda")
+    assert n == m == 100
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-9, atol=1e-9 * cpu.max())
+    sd = {"w.weight": w}
+    a = analyze(sd, estimator="farms", precision="float64")["w"]["alpha"]
+    b = analyze(sd, estimator="farms", precision="float64", device="cuda")["w"]["alpha"]
+    assert a == pytest.approx(b, rel=1e-9)
