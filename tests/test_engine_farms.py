@@ -148,3 +148,11 @@ def test_farms_cuda_matches_cpu():
     a = analyze(sd, estimator="farms", precision="float64")["w"]["alpha"]
     b = analyze(sd, estimator="farms", precision="float64", device="cuda")["w"]["alpha"]
     assert a == pytest.approx(b, rel=1e-9)
+
+
+def test_farms_evals_are_the_fitted_pooled_esd(torch_one_thread):
+    sd = {"w.weight": _matrix("t3", 200, 100, seed=5)}
+    a = analyze(sd, estimator="farms", farms_windows=3, workers=1)
+    ref, n, _ = farms_eigenvalues(sd["w.weight"], windows=3)
+    assert n == 9 and a.evals["w"].size == 9 * 50
+    np.testing.assert_allclose(a.evals["w"], ref)
