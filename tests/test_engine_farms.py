@@ -105,6 +105,12 @@ def test_farms_through_tempbalance_options_and_cli(capsys):
                  "--set", "estimator=farms", "--set", "farms_rows=128", "--all-columns"]) == 0
     out = capsys.readouterr().out
     assert "128x128" in out
+    assert main(["analyze", "--example", "minilm", "--layers", "encoder.layer.0.intermediate.dense",
+                 "--estimator", "farms", "--detx", "--json"]) == 0
+    import json
+
+    row = json.loads(capsys.readouterr().out)["rows"][0]
+    assert row["farms_window"] == "192x192" and row["detx_num"] > 0
 
 
 # ------------------------------------------------------------------ detX
