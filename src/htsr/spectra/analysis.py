@@ -227,6 +227,7 @@ def _analyse_matrix(p: MatrixPlan, mats: torch.Tensor, cfg: AnalysisConfig, row:
                                                  stride=cfg.farms_stride, device=cfg.device,
                                                  precision=cfg.precision, method=cfg.eig_method)
         lam = lam * p.scale
+        store[p.name] = lam  # the ESD that was fitted (plots draw the fit over it)
         row.update(farms_windows=n_win, farms_window=f"{wr}x{wc}")
     if cfg.fingers == "clip_xmax":
         fit = PL.fit_with_fingers_clipped(lam, cfg.xmin_rule, max_fingers=cfg.max_fingers,

@@ -12,7 +12,7 @@ TABLE_COLUMNS = ("name", "kind", "N", "M", "num_evals", "status", "alpha", "xmin
                  "log_spectral_norm", "stable_rank", "time_s")
 #: analyze's own flags that are AnalysisConfig fields (``--set`` reaches every other field)
 _OPTION_ARGS = ("kinds", "xmin_rule", "xmin_pos", "fingers", "tpl", "gof", "mp_fit", "randomize", "seed",
-                "min_evals", "device", "precision", "workers")
+                "min_evals", "device", "precision", "workers", "estimator", "detx")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="goodness of fit: bootstrap p-value, likelihood ratios vs lognormal/exponential")
     a.add_argument("--mp-fit", action="store_true", default=None, help="Marchenko-Pastur bulk fit and spikes")
     a.add_argument("--randomize", action="store_true", default=None, help="compare with the shuffled-weights ESD")
+    a.add_argument("--estimator", choices=["plain", "farms"], default=None,
+                   help="farms: fit the pooled ESD of fixed-aspect-ratio windows (FARMS; --set farms_rows=, "
+                        "farms_q=, farms_windows=, farms_stride=); default plain")
+    a.add_argument("--detx", action="store_true", default=None,
+                   help="detX / ERG condition columns (detx_num, detx_xmin, detx_delta, detx_log_ratio)")
     C.add_seed(a, default=None, help="seed for every random step (default 0)")
     a.add_argument("--min-evals", type=C.nonneg_int, default=None)
     a.add_argument("--device", type=C.device, default=None, help="cpu (default), cuda, cuda:N or auto")

@@ -32,7 +32,8 @@ class AnalysisConfig(Config):
     Estimator: ``estimator`` ("plain": the ESD of each whole matrix; "farms": the pooled ESD of fixed-aspect-ratio
     windows, :mod:`htsr.spectra.farms`, with ``farms_rows`` (window rows; None: half the smaller side),
     ``farms_q`` (window columns / rows; 1 = square), ``farms_windows`` (windows per side) or ``farms_stride``).
-    The fit (alpha, xmin, D, ...) uses the FARMS ESD; norms and ranks stay those of the whole matrix.
+    The fit (alpha, xmin, D, ...) uses the FARMS ESD (also what ``Analysis.evals`` holds and plots draw); norms,
+    ranks, MP fit and detX stay those of the whole matrix.
     ``detx`` adds WeightWatcher's detX / SETOL ERG condition columns (:func:`htsr.spectra.detx.detx`).
     Compute: ``device`` (cpu | cuda | auto), ``precision`` (auto | float32 | float64),
     ``eig_method`` (gram | svd), ``workers`` (layers processed concurrently on CPU, each
