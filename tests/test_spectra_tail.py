@@ -109,7 +109,10 @@ def test_full_rank_matrix_falls_back_and_says_so():
     a = htsr.analyze(_model([w]), tail_only=True, tail_min_side=256, workers=1)
     row = a.rows[0]
     assert row["spectrum"] == "full"
-    assert "uncomputed eigenvalues" in row["spectrum_note"] or "did not converge" in row["spectrum_note"]
+    assert "of the trace" in row["spectrum_note"] and "lies outside the top 64; full solve" in row["spectrum_note"]
+    # the give-up happened on the first small basis, not after growing it to m/2
+    top = top_eigenvalues(w, 64, max_rest_share=1e-3)
+    assert not top.converged and top.basis == 128 and "lies outside the top 64" in top.stopped
     lam = _dense(w)
     assert row["alpha"] == pytest.approx(PL.fit_power_law(lam, "ks", threshold=PL.EVALS_THRESH).alpha, abs=1e-6)
     assert np.isfinite(row["entropy"])  # the full solve's metrics

@@ -241,13 +241,13 @@ class TopSpectrum:
     estimated). ``m``: the number of eigenvalues (smaller side). ``converged``: the ``need``
     largest error estimates are at most ``rtol`` times their Ritz values (the lower ones may be
     less accurate, and stay lower bounds).
-    ``basis``: the Krylov basis size used.
+    ``basis``: the Krylov basis size used; ``stopped``: why it did not converge ("" when it did).
     """
 
     def __init__(self, values: np.ndarray, residuals: np.ndarray, trace: float, m: int, basis: int,
-                 converged: bool) -> None:
+                 converged: bool, stopped: str = "") -> None:
         self.values, self.residuals, self.trace, self.m = values, residuals, trace, m
-        self.basis, self.converged = basis, converged
+        self.basis, self.converged, self.stopped = basis, converged, stopped
 
     @property
     def k(self) -> int:
@@ -265,6 +265,7 @@ def top_eigenvalues(
     max_basis: int | None = None,
     need: int | None = None,
     floor: float = 0.0,
+    max_rest_share: float | None = None,
 ) -> TopSpectrum:
     """The ``k`` largest eigenvalues of W^T W of one (n, m) matrix, by block Krylov + Rayleigh-Ritz.
 
@@ -276,6 +277,10 @@ def top_eigenvalues(
     it), or the basis would exceed ``max_basis`` (default m/2;
     a basis of m/4 costs about a third of a dense solve's flops, one of m/2 about as many); then
     ``converged`` is False and the caller should solve the whole spectrum.
+
+    ``max_rest_share``: give up early (``converged`` False, ``stopped`` says why) once a
+    Rayleigh-Ritz step on a basis of max(2 blocks, 128 vectors) leaves more than this share of the trace
+    outside the top k Ritz values (a full-rank matrix, when the caller needs the rest to vanish).
 
     Raises :class:`TailTooSmallError` when m < ``TAIL_MIN_SIDE`` or 2k > m (the top part would
     be no cheaper than the whole spectrum), and :class:`NonFiniteError` for NaN/Inf weights.
@@ -311,14 +316,24 @@ def top_eigenvalues(
     L = 0
     theta = res = None
     converged = False
+    stopped = ""
     while True:
         GQ[:, L:L + b] = g @ Q[:, L:L + b]
         L += b
-        if L >= k + b and ((L // b) % 2 == 0 or L + b > cap):
+        early = max_rest_share is not None and L == b * max(2, -(-128 // b)) and L < k + b
+        if early or L >= k + b and ((L // b) % 2 == 0 or L + b > cap):
             T = Q[:, :L].T @ GQ[:, :L]
             T = (T + T.T) / 2
             th, S = torch.linalg.eigh(T)
-            theta, S = th[-k:], S[:, -k:]
+            if max_rest_share is not None and trace - float(th[-k:].sum()) > max_rest_share * trace:
+                stopped = f"{trace - float(th[-k:].sum()):.3g} of the trace {trace:.3g} lies outside the top {k}"
+                theta, res = th[-k:], torch.full_like(th[-k:], math.inf)
+                break
+            if early:
+                theta = None
+            else:
+                theta, S = th[-k:], S[:, -k:]
+        if theta is not None and L >= k + b and ((L // b) % 2 == 0 or L + b > cap):
             R = GQ[:, :L] @ S - (Q[:, :L] @ S) * theta
             r = torch.linalg.vector_norm(R, dim=0)
             # error of each Ritz value: at most r (Weyl) and, for an isolated one, r^2 / gap
@@ -351,4 +366,6 @@ def top_eigenvalues(
             Qn = torch.cat([good, torch.linalg.qr(Z)[0]], 1)
         Q[:, L:L + b] = Qn
     vals = theta.to("cpu").numpy().clip(0.0, None)
-    return TopSpectrum(vals, res.to("cpu").numpy(), trace, side, L, converged)
+    if not converged and not stopped:
+        stopped = f"the top {k} eigenvalues did not converge within a Krylov basis of {L}"
+    return TopSpectrum(vals, res.to("cpu").numpy(), trace, side, L, converged, stopped)
