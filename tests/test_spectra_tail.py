@@ -137,3 +137,14 @@ def test_two_stage_solver_matches_numpy(dtype):
     ref = np.linalg.eigvalsh(g)
     tol = 1e-12 if dtype == np.float64 else 1e-5
     assert np.max(np.abs(lam - ref)) <= tol * ref.max()
+
+
+def test_cli_bad_tail_option_exits_2_with_one_line(capsys):
+    from htsr.cli.main import main
+
+    assert main(["analyze", "--example", "minilm", "--no-progress", "--set", "tail_min_side=16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "too small for a tail-only spectrum" in err[0]
+    assert main(["analyze", "--example", "minilm", "--no-progress", "--set", "tail_only=true",
+                 "--mp-fit"]) == 2
+    assert "tail_only cannot be combined with mp_fit" in capsys.readouterr().err
