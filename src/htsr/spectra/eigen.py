@@ -167,7 +167,8 @@ def _find_two_stage(key: str):
 
     p = "d" if key == "d" else "s"
     libs = []
-    for mod in (np, scipy):
+    # scipy's first: dsyrk (the Gram product) runs on its OpenBLAS threads, so the solve reuses them
+    for mod in (scipy, np):
         base = os.path.dirname(os.path.dirname(os.path.abspath(mod.__file__)))
         libs += sorted(glob.glob(os.path.join(base, f"{mod.__name__}.libs", "lib*openblas*.so*")))
     for path in libs:
