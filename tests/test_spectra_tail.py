@@ -148,3 +148,25 @@ def test_cli_bad_tail_option_exits_2_with_one_line(capsys):
     assert main(["analyze", "--example", "minilm", "--no-progress", "--set", "tail_only=true",
                  "--mp-fit"]) == 2
     assert "tail_only cannot be combined with mp_fit" in capsys.readouterr().err
+
+
+def test_analysis_through_two_stage_solver_matches_dense_fit(monkeypatch):
+    """The two-stage path end to end (threshold lowered so that a 512-wide Gram takes it): alpha to 1e-9."""
+    from htsr.spectra import eigen
+
+    if _two_stage(np.dtype(np.float64)) is None:
+        pytest.skip("no bundled LAPACKE ?syevd_2stage")
+    calls = []
+    real = eigen._two_stage
+
+    def spy(dtype):
+        calls.append(np.dtype(dtype).char)
+        return real(dtype)
+
+    monkeypatch.setattr(eigen, "TWO_STAGE_MIN_DIM", {8: 256, 4: 256})
+    monkeypatch.setattr(eigen, "_two_stage", spy)
+    w = heavy_tailed(700, 512, seed=5, df=3)
+    row = htsr.analyze(_model([w]), preset="weightwatcher", workers=1).rows[0]
+    assert calls == ["d"]
+    ref = PL.fit_power_law(_dense(w), "ks", threshold=PL.EVALS_THRESH, small_n=20)
+    assert abs(row["alpha"] - ref.alpha) <= 1e-9 and row["n_tail"] == ref.n_tail
