@@ -81,6 +81,28 @@ def wanda_prune(W: torch.Tensor, sparsity: float, col_sq_norm: torch.Tensor, nm:
     return mask
 
 
+def _hinv_upper_cholesky(H: torch.Tensor) -> torch.Tensor:
+    """The upper Cholesky factor U of H^-1 (H^-1 = U^T U), as the reference's cholesky(cholesky_inverse(L)).
+
+    On CPU in one Cholesky and one triangular inverse (2/3 d^3 flops instead of 4/3 d^3): with J the
+    reversal permutation, J H J = C C^T gives H = V V^T with V = J C J upper triangular, so
+    H^-1 = V^-T V^-1 and U = V^-1 (upper). The same matrix up to float32 rounding (~3e-7 relative).
+    Elsewhere (CUDA), the reference's two factorisations.
+    """
+    if H.device.type != "cpu" or H.dtype not in (torch.float32, torch.float64):
+        L = torch.linalg.cholesky(H)
+        return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+    import numpy as np
+    from scipy.linalg import lapack
+
+    V = torch.linalg.cholesky(H.flip(0, 1)).flip(0, 1)
+    trtri = lapack.strtri if H.dtype == torch.float32 else lapack.dtrtri
+    inv, info = trtri(np.asfortranarray(V.numpy()), lower=0, overwrite_c=1)
+    if info != 0:
+        raise torch.linalg.LinAlgError(f"triangular inverse failed (info={info})")
+    return torch.from_numpy(np.ascontiguousarray(inv))
+
+
 def sparsegpt_prune(
     W: torch.Tensor,
     sparsity: float,
@@ -110,8 +132,7 @@ def sparsegpt_prune(
     damp = percdamp * torch.mean(torch.diag(H))
     H += damp * torch.eye(cols, device=H.device)
     try:
-        L = torch.linalg.cholesky(H)
-        Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+        Hinv = _hinv_upper_cholesky(H)
     except RuntimeError as e:  # torch.linalg.LinAlgError subclasses RuntimeError
         raise PruningError(f"SparseGPT: the dampened Hessian is not positive definite ({e}); "
                            "raise percdamp or use more calibration data") from e
