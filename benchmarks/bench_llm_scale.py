@@ -4,7 +4,8 @@ Builds once, and caches under ``--cache`` (default /tmp/htsr-llm7b-<N>b), a bf16
 checkpoint of ``--blocks`` N LLaMA-7B blocks (hidden 4096, intermediate 11008: per block q/k/v/o 4096x4096,
 gate/up 11008x4096, down 4096x11008; one shard per block, an HF index JSON). Entries are seeded Student-t(4)
 / sqrt(fan-in). The full 7B is 32 blocks (12.95 GB); with N < 32 every figure is also given extrapolated to
-32 blocks per matrix shape (time per matrix of a shape x its 7B count), and labelled so. Refuses, before
+32 blocks two ways, labelled: start-up (timed on a one-tensor checkpoint) + (wall - start-up) x 32/N, and
+the per-shape compute alone (mean row time of each shape x its 7B count: 128 / 64 / 32; no I/O). Refuses, before
 writing anything, when the cache's disk lacks the space (:func:`check_disk`).
 
 Timed, each in a fresh process (peak RSS from ``wait4``):
@@ -34,12 +35,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 HIDDEN, INTER, N_BLOCKS_7B = 4096, 11008, 32
-#: (name, out_features, in_features) per block, as in LLaMA-7B (nn.Linear weight shape: out x in)
-BLOCK = (("self_attn.q_proj", HIDDEN, HIDDEN), ("self_attn.k_proj", HIDDEN, HIDDEN),
-         ("self_attn.v_proj", HIDDEN, HIDDEN), ("self_attn.o_proj", HIDDEN, HIDDEN),
-         ("mlp.gate_proj", INTER, HIDDEN), ("mlp.up_proj", INTER, HIDDEN), ("mlp.down_proj", HIDDEN, INTER))
-BYTES_PER_BLOCK = sum(o * i for _, o, i in BLOCK) * 2  # bf16
 MARKER = "htsr-bench-complete.json"
+
+
+def block_shapes(hidden: int = HIDDEN, inter: int = INTER) -> tuple[tuple[str, int, int], ...]:
+    """(name, out_features, in_features) of one LLaMA block's matrices (nn.Linear weight shape: out x in)."""
+    return (("self_attn.q_proj", hidden, hidden), ("self_attn.k_proj", hidden, hidden),
+            ("self_attn.v_proj", hidden, hidden), ("self_attn.o_proj", hidden, hidden),
+            ("mlp.gate_proj", inter, hidden), ("mlp.up_proj", inter, hidden), ("mlp.down_proj", hidden, inter))
+
+
+BLOCK = block_shapes()
+BYTES_PER_BLOCK = sum(o * i for _, o, i in BLOCK) * 2  # bf16, LLaMA-7B
 
 
 class DiskSpaceError(RuntimeError):
@@ -58,15 +65,15 @@ def check_disk(directory: str | os.PathLike, need_bytes: int, margin: float = 1.
             f"another --cache")
 
 
-def shape_counts(blocks: int) -> dict[str, int]:
+def shape_counts(blocks: int, hidden: int = HIDDEN, inter: int = INTER) -> dict[str, int]:
     """Matrices per shape ('4096x4096', ...) in ``blocks`` blocks."""
     out: dict[str, int] = {}
-    for _, o, i in BLOCK:
+    for _, o, i in block_shapes(hidden, inter):
         out[f"{o}x{i}"] = out.get(f"{o}x{i}", 0) + blocks
     return out
 
 
-def build_checkpoint(cache: Path, blocks: int, seed: int = 0) -> Path:
+def build_checkpoint(cache: Path, blocks: int, seed: int = 0, hidden: int = HIDDEN, inter: int = INTER) -> Path:
     """The cached checkpoint directory (built once; a marker file says it is complete)."""
     import numpy as np
     import torch
@@ -74,7 +81,9 @@ def build_checkpoint(cache: Path, blocks: int, seed: int = 0) -> Path:
 
     if (cache / MARKER).is_file():
         return cache
-    check_disk(cache, blocks * BYTES_PER_BLOCK)
+    shapes = block_shapes(hidden, inter)
+    per_block = BYTES_PER_BLOCK if (hidden, inter) == (HIDDEN, INTER) else sum(o * i for _, o, i in shapes) * 2
+    check_disk(cache, blocks * per_block)
     if cache.exists():
         shutil.rmtree(cache)
     cache.mkdir(parents=True)
@@ -83,7 +92,7 @@ def build_checkpoint(cache: Path, blocks: int, seed: int = 0) -> Path:
     for b in range(blocks):
         shard = f"model-{b + 1:05d}-of-{blocks:05d}.safetensors"
         tensors = {}
-        for j, (name, o, i) in enumerate(BLOCK):
+        for j, (name, o, i) in enumerate(shapes):
             rng = np.random.default_rng([seed, b, j])
             w = rng.standard_t(4.0, size=(o, i)).astype(np.float32)
             w *= np.float32(1.0 / np.sqrt(i))
@@ -93,8 +102,8 @@ def build_checkpoint(cache: Path, blocks: int, seed: int = 0) -> Path:
         save_file(tensors, str(cache / shard), metadata={"format": "pt"})
         print(f"  block {b + 1}/{blocks} written ({time.perf_counter() - t0:.0f} s)", flush=True)
     (cache / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": blocks * BYTES_PER_BLOCK}, "weight_map": weight_map}, indent=1))
-    (cache / MARKER).write_text(json.dumps({"blocks": blocks, "seed": seed}))
+        {"metadata": {"total_size": blocks * per_block}, "weight_map": weight_map}, indent=1))
+    (cache / MARKER).write_text(json.dumps({"blocks": blocks, "seed": seed, "hidden": hidden, "inter": inter}))
     return cache
 
 
@@ -127,6 +136,24 @@ def htsr_run(ckpt: Path, out: Path, extra: list[str]) -> dict:
     return res
 
 
+def startup_s(cache: Path) -> float:
+    """Wall seconds of ``htsr analyze`` on a one-tensor 16x16 checkpoint: process start, imports, output."""
+    import torch
+    from safetensors.torch import save_file
+
+    tiny = cache.parent / f"{cache.name}-startup.safetensors"
+    if not tiny.is_file():
+        save_file({"w.weight": torch.randn(16, 16, generator=torch.Generator().manual_seed(0))}, str(tiny))
+    out = cache.parent / f"{cache.name}-startup.csv"
+    times = []
+    for _ in range(2):
+        wall, _, rc, err = run_timed([sys.executable, "-m", "htsr", "analyze", str(tiny), "-o", str(out), "--quiet"])
+        if rc != 0:
+            raise RuntimeError(f"htsr analyze on {tiny} exited {rc}: {err}")
+        times.append(wall)
+    return min(times)
+
+
 def ww_per_shape(ckpt: Path, per_shape: int) -> dict[str, float]:
     """WeightWatcher 0.7.7 seconds per matrix, by shape, on the first ``per_shape`` matrices of each shape."""
     import torch
@@ -141,6 +168,8 @@ def ww_per_shape(ckpt: Path, per_shape: int) -> dict[str, float]:
             shape = "x".join(map(str, f.get_slice(key).get_shape()))
         if len(picked.setdefault(shape, [])) < per_shape:
             picked[shape].append(key)
+    warm = torch.nn.Sequential(torch.nn.Linear(64, 48), torch.nn.Linear(48, 64))
+    C.ww_analyze(warm)  # WeightWatcher's import and first-call costs, outside the timings
     out = {}
     for shape, keys in picked.items():
         mods = []
@@ -158,9 +187,9 @@ def ww_per_shape(ckpt: Path, per_shape: int) -> dict[str, float]:
     return out
 
 
-def extrapolate(per_matrix: dict[str, float]) -> float:
+def extrapolate(per_matrix: dict[str, float], hidden: int = HIDDEN, inter: int = INTER) -> float:
     """Seconds for the 32-block model from seconds per matrix of each shape."""
-    counts = shape_counts(N_BLOCKS_7B)
+    counts = shape_counts(N_BLOCKS_7B, hidden, inter)
     return sum(per_matrix[s] * n for s, n in counts.items() if s in per_matrix)
 
 
@@ -171,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ww-per-shape", type=int, default=1, help="matrices of each shape WeightWatcher analyses "
                                                                 "(0: skip WeightWatcher)")
     ap.add_argument("--no-tail", action="store_true", help="skip the tail_only run")
+    ap.add_argument("--hidden", type=int, default=HIDDEN, help="hidden size (4096 = LLaMA-7B; smaller for a smoke run)")
+    ap.add_argument("--inter", type=int, default=INTER, help="MLP size (11008 = LLaMA-7B)")
     ap.add_argument("--json", help="write results to this JSON file")
     args = ap.parse_args(argv)
     if not 1 <= args.blocks <= N_BLOCKS_7B:
@@ -178,9 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     import _common as C
 
     info = C.announce_machine()
-    cache = Path(args.cache or f"/tmp/htsr-llm7b-{args.blocks}b")
+    dims = "" if (args.hidden, args.inter) == (HIDDEN, INTER) else f"-{args.hidden}x{args.inter}"
+    cache = Path(args.cache or f"/tmp/htsr-llm7b-{args.blocks}b{dims}")
     try:
-        ckpt = build_checkpoint(cache, args.blocks)
+        ckpt = build_checkpoint(cache, args.blocks, hidden=args.hidden, inter=args.inter)
     except DiskSpaceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -190,10 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_tail:
         runs["htsr tail_only"] = ["--set", "tail_only=true"]
     rows = []
+    start = startup_s(cache)
+    results["startup_s"] = start
+    print(f"  htsr analyze start-up (tiny checkpoint): {start:.2f} s", flush=True)
     for label, extra in runs.items():
         r = htsr_run(ckpt, cache.parent / f"{cache.name}-{label.replace(' ', '_')}.csv", extra)
-        r["extrapolated_7b_s"] = r["wall_s"] * scale if args.blocks < N_BLOCKS_7B else r["wall_s"]
-        r["extrapolated_7b_by_shape_s"] = extrapolate(r["per_matrix_s"])
+        # start-up once, the rest (loading + compute) scaled by the number of blocks
+        r["extrapolated_7b_s"] = start + max(r["wall_s"] - start, 0.0) * scale
+        r["extrapolated_7b_by_shape_s"] = extrapolate(r["per_matrix_s"], args.hidden, args.inter)
         results[label] = r
         rows.append([label, C.fmt_s(r["wall_s"]), f"{r['peak_rss_mib']:.0f} MiB",
                      C.fmt_s(r["extrapolated_7b_s"]), C.fmt_s(r["extrapolated_7b_by_shape_s"]),
@@ -201,12 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.ww_per_shape:
         ww = ww_per_shape(ckpt, args.ww_per_shape)
         results["ww_per_matrix_s"] = ww
-        results["ww_extrapolated_7b_s"] = extrapolate(ww)
+        results["ww_extrapolated_7b_s"] = extrapolate(ww, args.hidden, args.inter)
         rows.append(["WeightWatcher 0.7.7 (per shape, extrapolated)", "", "", "",
                      C.fmt_s(results["ww_extrapolated_7b_s"]), ""])
-    label7 = "7B (32 blocks)" if args.blocks == N_BLOCKS_7B else f"7B extrapolated x{scale:g}"
-    C.print_table(["run", f"wall, {args.blocks} blocks", "peak RSS", label7, "7B from per-shape row times",
-                   "rows by spectrum"], rows, title=f"LLaMA-7B shapes, bf16, {args.blocks} block(s)")
+    label7 = ("7B (32 blocks)" if args.blocks == N_BLOCKS_7B else
+              f"7B: start-up + (wall - start-up) x {scale:g}")
+    C.print_table(["run", f"wall, {args.blocks} block(s)", "peak RSS", label7,
+                   "7B: per-shape compute (row times; no I/O, no start-up)", "rows by spectrum"], rows,
+                  title=f"LLaMA-7B shapes ({args.hidden}/{args.inter}), bf16, {args.blocks} block(s)")
     results["load_end"] = C.loadavg()
     C.write_json(args.json, results)
     return 0

@@ -44,3 +44,22 @@ def test_llama7b_shapes_and_extrapolation(bench):
     # LLaMA-7B block matrices: 4 x 4096^2 + 3 x 11008 x 4096 = 202,375,168 weights (norms left out), bf16
     assert bench.BYTES_PER_BLOCK == 2 * 202_375_168
     assert bench.extrapolate({"4096x4096": 1.0, "11008x4096": 2.0, "4096x11008": 3.0}) == 128 + 128 + 96
+
+
+def test_smoke_run_end_to_end_on_small_shapes(bench, tmp_path):
+    """The whole pipeline on a 1-block checkpoint with shapes 128/344: build, two htsr runs, WeightWatcher."""
+    import json
+
+    pytest.importorskip("weightwatcher")
+    out = tmp_path / "r.json"
+    rc = bench.main(["--blocks", "1", "--hidden", "128", "--inter", "344", "--cache", str(tmp_path / "ck"),
+                     "--json", str(out)])
+    assert rc == 0
+    r = json.loads(out.read_text())
+    assert r["htsr default"]["rows"] == 7 and set(r["htsr default"]["per_matrix_s"]) == {
+        "128x128", "344x128", "128x344"}
+    assert r["htsr tail_only"]["spectrum"] == {"full": 7}  # too small for the tail: full solves, with reasons
+    assert set(r["ww_per_matrix_s"]) == {"128x128", "344x128", "128x344"}
+    assert r["ww_extrapolated_7b_s"] > 0 and r["htsr default"]["peak_rss_mib"] > 0
+    # a second run reuses the cached checkpoint
+    assert (tmp_path / "ck" / bench.MARKER).is_file()
