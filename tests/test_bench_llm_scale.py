@@ -46,6 +46,7 @@ def test_llama7b_shapes_and_extrapolation(bench):
     assert bench.extrapolate({"4096x4096": 1.0, "11008x4096": 2.0, "4096x11008": 3.0}) == 128 + 128 + 96
 
 
+@pytest.mark.slow
 def test_smoke_run_end_to_end_on_small_shapes(bench, tmp_path):
     """The whole pipeline on a 1-block checkpoint with shapes 128/344: build, two htsr runs, WeightWatcher."""
     import json
