@@ -15,7 +15,8 @@ Timed, each in a fresh process (peak RSS from ``wait4``):
 * WeightWatcher 0.7.7 ``analyze()`` on ``--ww-per-shape`` matrices of each shape, loaded as float32
   ``nn.Linear`` layers, its time per matrix extrapolated to the 7B count of that shape.
 
-    python benchmarks/bench_llm_scale.py [--blocks 2] [--ww-per-shape 1] [--json OUT]
+    python benchmarks/bench_llm_scale.py --blocks 2 --build-only       # once, any time (cached)
+    python benchmarks/bench_llm_scale.py [--blocks 2] [--ww-per-shape 1] [--no-tail] [--json OUT]
 
 Expected run time on the 2-core VM, quiet: ~1 min to build 2 blocks (once), ~1-2 min per htsr run,
 ~1.5 min for WeightWatcher on one matrix of each shape.
@@ -200,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ww-per-shape", type=int, default=1, help="matrices of each shape WeightWatcher analyses "
                                                                 "(0: skip WeightWatcher)")
     ap.add_argument("--no-tail", action="store_true", help="skip the tail_only run")
+    ap.add_argument("--build-only", action="store_true", help="build (or find) the cached checkpoint and stop")
     ap.add_argument("--hidden", type=int, default=HIDDEN, help="hidden size (4096 = LLaMA-7B; smaller for a smoke run)")
     ap.add_argument("--inter", type=int, default=INTER, help="MLP size (11008 = LLaMA-7B)")
     ap.add_argument("--json", help="write results to this JSON file")
@@ -216,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     except DiskSpaceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.build_only:
+        print(f"checkpoint: {ckpt}")
+        return 0
     scale = N_BLOCKS_7B / args.blocks
     results: dict = {"machine": info, "blocks": args.blocks, "checkpoint": str(ckpt)}
     runs = {"htsr default": []}
