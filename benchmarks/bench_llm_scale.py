@@ -188,6 +188,37 @@ def ww_per_shape(ckpt: Path, per_shape: int) -> dict[str, float]:
     return out
 
 
+def solver_check(width: int = HIDDEN, repeats: int = 1) -> list[dict]:
+    """Seconds of scipy's syevr vs LAPACK's two-stage solver on one Gram matrix per dtype (library threads)."""
+    import numpy as np
+    from scipy.linalg import eigh
+
+    import htsr.spectra.eigen as E
+
+    rng = np.random.default_rng(0)
+    out = []
+    for dtype in (np.float32, np.float64):
+        w = (rng.standard_t(4.0, size=(width, width)) / np.sqrt(width)).astype(dtype)
+        g = E._cpu_gram(w)
+        two = E._two_stage(np.dtype(dtype))
+        used = two is not None and width >= E.TWO_STAGE_MIN_DIM[np.dtype(dtype).itemsize]
+        row = {"width": width, "dtype": np.dtype(dtype).name, "in_use": "two-stage" if used else "syevr"}
+        for name, fn in (("syevr", lambda a: eigh(a, lower=False, eigvals_only=True, driver="evr",
+                                                   check_finite=False, overwrite_a=True)),
+                         ("two_stage", two)):
+            if fn is None:
+                continue
+            ts = []
+            for _ in range(repeats):
+                a = np.asfortranarray(g.copy())
+                t = time.perf_counter()
+                fn(a)
+                ts.append(time.perf_counter() - t)
+            row[name] = min(ts)
+        out.append(row)
+    return out
+
+
 def extrapolate(per_matrix: dict[str, float], hidden: int = HIDDEN, inter: int = INTER) -> float:
     """Seconds for the 32-block model from seconds per matrix of each shape."""
     counts = shape_counts(N_BLOCKS_7B, hidden, inter)
@@ -202,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                 "(0: skip WeightWatcher)")
     ap.add_argument("--no-tail", action="store_true", help="skip the tail_only run")
     ap.add_argument("--build-only", action="store_true", help="build (or find) the cached checkpoint and stop")
+    ap.add_argument("--solver-check", action="store_true",
+                    help="only time syevr vs the two-stage solver on one --hidden-wide Gram per dtype (~30 s at 4096)")
     ap.add_argument("--hidden", type=int, default=HIDDEN, help="hidden size (4096 = LLaMA-7B; smaller for a smoke run)")
     ap.add_argument("--inter", type=int, default=INTER, help="MLP size (11008 = LLaMA-7B)")
     ap.add_argument("--json", help="write results to this JSON file")
@@ -211,6 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     import _common as C
 
     info = C.announce_machine()
+    if args.solver_check:
+        res = solver_check(args.hidden)
+        C.print_table(["width", "dtype", "syevr", "two-stage", "htsr uses"],
+                      [[r["width"], r["dtype"], C.fmt_s(r["syevr"]), C.fmt_s(r.get("two_stage", float("nan"))),
+                        r["in_use"]] for r in res], title="Gram eigensolvers, library default threads")
+        C.write_json(args.json, {"machine": info, "solver_check": res, "load_end": C.loadavg()})
+        return 0
     dims = "" if (args.hidden, args.inter) == (HIDDEN, INTER) else f"-{args.hidden}x{args.inter}"
     cache = Path(args.cache or f"/tmp/htsr-llm7b-{args.blocks}b{dims}")
     try:
