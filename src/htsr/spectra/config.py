@@ -38,6 +38,13 @@ class AnalysisConfig(Config):
     Compute: ``device`` (cpu | cuda | auto), ``precision`` (auto | float32 | float64),
     ``eig_method`` (gram | svd), ``workers`` (layers processed concurrently on CPU, each
     with single-threaded BLAS; 0 = one per core, at most 4). Results do not depend on it.
+    Tail-only spectrum (off by default): ``tail_only`` computes only the top ``tail_fraction``
+    of the eigenvalues of matrices whose smaller side is at least ``tail_min_side`` (float64
+    block Krylov, :func:`htsr.spectra.eigen.top_eigenvalues`) and keeps them when the exact
+    trace proves that every other eigenvalue is at most ``threshold`` (numerically low-rank
+    matrices: LoRA products, deltas); the fit is then the full spectrum's. Otherwise the row is
+    solved in full. Rows then carry ``spectrum`` (tail | full), ``spectrum_k`` and
+    ``spectrum_note`` (why a row was solved in full).
     """
 
     preset: str = "htsr"
@@ -68,6 +75,9 @@ class AnalysisConfig(Config):
     precision: str = "auto"
     eig_method: str = "gram"
     workers: int = 0
+    tail_only: bool = False
+    tail_min_side: int = 2048
+    tail_fraction: float = 0.125
     layers: tuple[str, ...] = field(default_factory=tuple)
     exclude: tuple[str, ...] = field(default_factory=tuple)
     estimator: str = "plain"
@@ -120,6 +130,26 @@ class AnalysisConfig(Config):
             raise ConfigError(why)
         if self.min_evals < 0 or self.n_boot < 1:
             raise ConfigError("min_evals must be >= 0 and n_boot >= 1")
+        self._validate_tail()
+
+    def _validate_tail(self) -> None:
+        from htsr.spectra.eigen import TAIL_MIN_SIDE
+
+        if not 0 < self.tail_fraction <= 0.5:
+            raise ConfigError(f"tail_fraction must be in (0, 0.5] (the share of eigenvalues a tail-only spectrum "
+                              f"computes), got {self.tail_fraction}")
+        if self.tail_min_side < TAIL_MIN_SIDE:
+            raise ConfigError(f"tail_min_side must be >= {TAIL_MIN_SIDE}: smaller matrices are too small for a "
+                              f"tail-only spectrum (got {self.tail_min_side})")
+        if not self.tail_only:
+            return
+        clash = [name for name, bad in (
+            ("mp_fit (the Marchenko-Pastur fit needs the bulk)", self.mp_fit),
+            ("randomize (the shuffled matrix is full rank)", self.randomize),
+            ("eig_method='svd'", self.eig_method != "gram"),
+        ) if bad]
+        if clash:
+            raise ConfigError(f"tail_only cannot be combined with {'; '.join(clash)}")
 
     def as_dict(self) -> dict:
         return self.to_dict()
