@@ -4,7 +4,9 @@ For each size, one calibration batch of ``rows`` input vectors (e.g. 128 windows
 is accumulated into the layer statistics exactly as :func:`htsr.pruning.prune_model` does
 (``LayerStats.add_batch`` in chunks of one window), then the layer is pruned to 50%. The SparseGPT
 floor is what no OBS pruner can avoid: accumulating the Hessian and one Cholesky factorisation of
-it, timed in the same run. Reported: median seconds over ``--repeats``, and SparseGPT / floor.
+it, timed in the same run; a second floor adds the OBS sweep's block products (each 128-column
+block's error fed to the columns right of it: d^3 flops), timed on stand-in data of the same shapes.
+Reported: median seconds over ``--repeats``, and SparseGPT / floor.
 
     python benchmarks/bench_pruning_cost.py --sizes 1024,4096 --rows 16384 --device cpu
 """
@@ -71,26 +73,41 @@ def main() -> None:
             torch.linalg.cholesky(Hd)
 
         t_chol = _time(chol, a.device, a.repeats)
+
+        def sweep(d=d, W0=W0) -> None:
+            # the OBS sweep's unavoidable part: each 128-column block's error fed to the columns to its right
+            # (one (rows x 128) @ (128 x rest) product per block; d^3 flops in all), on stand-in data
+            E = torch.randn(128, d, device=W0.device)
+            Hs = torch.randn(128, d, device=W0.device)
+            Wt = W0.T.contiguous()
+            for i1 in range(0, d, 128):
+                Wt[i1 + 128:] -= Hs[:, i1 + 128:].T.matmul(E)
+
+        t_sweep = _time(sweep, a.device, a.repeats)
         t_mag = _time(lambda W0=W0: magnitude_prune(W0.clone(), 0.5), a.device, a.repeats)
         t_wanda = _time(lambda W0=W0, st=st_w: wanda_prune(W0.clone(), 0.5, st.col_sq_norm), a.device, a.repeats)
         t_sgpt = _time(lambda W0=W0, st=st_h: sparsegpt_prune(W0.clone(), 0.5, st.H), a.device, a.repeats)
         row = {"d": d, "rows": a.rows, "magnitude_s": t_mag, "wanda_stats_s": t_acc_norm, "wanda_prune_s": t_wanda,
                "hessian_s": t_acc_h, "cholesky_s": t_chol, "sparsegpt_prune_s": t_sgpt,
                "sparsegpt_total_s": t_acc_h + t_sgpt, "floor_s": t_acc_h + t_chol,
-               "ratio_total_to_floor": (t_acc_h + t_sgpt) / (t_acc_h + t_chol)}
+               "ratio_total_to_floor": (t_acc_h + t_sgpt) / (t_acc_h + t_chol),
+               "sweep_gemm_s": t_sweep, "floor_with_sweep_s": t_acc_h + t_chol + t_sweep,
+               "ratio_total_to_floor_with_sweep": (t_acc_h + t_sgpt) / (t_acc_h + t_chol + t_sweep)}
         results.append(row)
         print(f"d={d}: magnitude {t_mag:.4f} s | wanda stats {t_acc_norm:.4f} + prune {t_wanda:.4f} s | "
               f"sparsegpt hessian {t_acc_h:.4f} + prune {t_sgpt:.4f} s | floor (hessian + cholesky "
-              f"{t_chol:.4f}) {t_acc_h + t_chol:.4f} s | sparsegpt/floor {row['ratio_total_to_floor']:.2f}x",
+              f"{t_chol:.4f}) {t_acc_h + t_chol:.4f} s | sparsegpt/floor {row['ratio_total_to_floor']:.2f}x | "
+              f"+ sweep GEMMs {t_sweep:.4f} s: {row['ratio_total_to_floor_with_sweep']:.2f}x",
               flush=True)
     print(f"\n{a.rows} calibration vectors, 50% unstructured, device {a.device}, torch {torch.__version__}, "
           f"threads {torch.get_num_threads()}\n")
     print("| d | magnitude s | Wanda s (stats + prune) | SparseGPT s (Hessian + OBS) | floor s (Hessian + Cholesky) "
-          "| SparseGPT / floor |")
-    print("|---:|---:|---:|---:|---:|---:|")
+          "| SparseGPT / floor | floor + sweep GEMMs s | SparseGPT / that |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(f"| {r['d']} | {r['magnitude_s']:.4f} | {r['wanda_stats_s'] + r['wanda_prune_s']:.4f} | "
-              f"{r['sparsegpt_total_s']:.4f} | {r['floor_s']:.4f} | {r['ratio_total_to_floor']:.2f}x |")
+              f"{r['sparsegpt_total_s']:.4f} | {r['floor_s']:.4f} | {r['ratio_total_to_floor']:.2f}x | "
+              f"{r['floor_with_sweep_s']:.4f} | {r['ratio_total_to_floor_with_sweep']:.2f}x |")
     if a.json:
         write_json(a.json, {"device": a.device, "torch": torch.__version__, "results": results})
 

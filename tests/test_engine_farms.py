@@ -105,6 +105,12 @@ def test_farms_through_tempbalance_options_and_cli(capsys):
                  "--set", "estimator=farms", "--set", "farms_rows=128", "--all-columns"]) == 0
     out = capsys.readouterr().out
     assert "128x128" in out
+    assert main(["analyze", "--example", "minilm", "--layers", "encoder.layer.0.intermediate.dense",
+                 "--estimator", "farms", "--detx", "--json"]) == 0
+    import json
+
+    row = json.loads(capsys.readouterr().out)["rows"][0]
+    assert row["farms_window"] == "192x192" and row["detx_num"] > 0
 
 
 # ------------------------------------------------------------------ detX
@@ -134,3 +140,25 @@ def test_detx_no_overflow_and_columns_in_rows(torch_one_thread):
     ref_num, ref_idx = detx(lam)
     assert r["detx_num"] == ref_num and r["detx_xmin"] == pytest.approx(np.sort(lam)[ref_idx], rel=1e-8)
     assert math.isfinite(r["detx_log_ratio"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_farms_cuda_matches_cpu():
+    w = _matrix("t3", 1024, 256, seed=4)
+    cpu, n, _ = farms_eigenvalues(w, precision="float64")
+    gpu, m, _ = farms_eigenvalues(w, precision="float64", device="cuda")
+    assert n == m == 100
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-9, atol=1e-9 * cpu.max())
+    sd = {"w.weight": w}
+    a = analyze(sd, estimator="farms", precision="float64")["w"]["alpha"]
+    b = analyze(sd, estimator="farms", precision="float64", device="cuda")["w"]["alpha"]
+    assert a == pytest.approx(b, rel=1e-9)
+
+
+def test_farms_evals_are_the_fitted_pooled_esd(torch_one_thread):
+    sd = {"w.weight": _matrix("t3", 200, 100, seed=5)}
+    a = analyze(sd, estimator="farms", farms_windows=3, workers=1)
+    ref, n, _ = farms_eigenvalues(sd["w.weight"], windows=3)
+    assert n == 9 and a.evals["w"].size == 9 * 50
+    np.testing.assert_allclose(a.evals["w"], ref)

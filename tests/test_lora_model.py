@@ -258,3 +258,18 @@ def test_layer_alphas_failed_fit_is_an_error():
         layer_alphas(model, ("query", "key"))
     alphas, _, _ = layer_alphas(model, ("query", "key"), nan_policy="skip")
     assert np.isfinite(alphas).all()
+
+
+def test_source_alphas_equal_the_live_model_and_peft_keys_are_suffixes(minilm_model, minilm_dir):
+    from htsr.lora.config import BERT_TARGETS
+    from htsr.lora.model import peft_config_from_names, source_alphas, source_layers
+
+    live, blocks, _ = layer_alphas(minilm_model, BERT_TARGETS)
+    disk, dblocks, _, per_block = source_alphas(minilm_dir, BERT_TARGETS)
+    assert dblocks == blocks == [f"encoder.layer.{k}" for k in range(6)]
+    assert np.allclose(disk, live, rtol=1e-9)
+    stack, _, per = source_layers(minilm_dir, ("query",))
+    assert stack == "encoder.layer" and per[2] == ["encoder.layer.2.attention.self.query"]
+    cfg = peft_config_from_names(per, stack, [1, 2, 3, 4, 5, 6], r=2, lora_alpha=4.0)
+    assert cfg.rank_pattern["layer\\.2\\.attention\\.self\\.query"] == 3
+    assert cfg.alpha_pattern["layer\\.2\\.attention\\.self\\.query"] == 6.0  # 4 * 3 / 2: scaling stays 2

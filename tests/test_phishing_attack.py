@@ -171,3 +171,15 @@ def test_a_secret_longer_than_the_sequence_or_context_is_an_error(model):
     c2 = cfg()
     with pytest.raises(PhishingError, match="context"):
         check_inputs(short, ByteTokenizer(), make_secrets(c2, 0), c2)
+
+
+def test_a_secret_whose_prompt_lacks_a_pii_suffix_is_an_error(model):
+    from htsr.phishing.construction import Secret
+
+    c = cfg()
+    s = make_secrets(c, 0)[0]
+    bad = Secret(s.bio, s.digits, s.stride, "favourite_colour")
+    with pytest.raises(PhishingError, match="PII suffix"):
+        check_inputs(model, ByteTokenizer(), [bad], c)
+    with pytest.raises(PhishingError, match="zero secrets"):
+        check_inputs(model, ByteTokenizer(), [], c)

@@ -89,3 +89,40 @@ def test_a_non_causal_model_directory_is_exit_2(tmp_path, capsys):
     capsys.readouterr()
     _one_line_error(capsys, ["phish", "run", *TINY, "--model", str(d), "--out-dir", str(tmp_path / "o")],
                     "causal")
+
+
+def test_summaries_pool_secrets_over_seeds_with_wilson_bounds():
+    from htsr.phishing.config import preset
+    from htsr.phishing.metrics import wilson_interval
+    from htsr.phishing.sweep import design, summarize, summarize_points
+
+    base = preset("tiny")[0]
+    cells = design(base, {"num_poisons": [0, 6], "duplication": [1, 2]}, [0, 1], full=True)
+    assert len(cells) == 8
+    # hand-made results: 4 secrets per run; at (6 poisons, dup 2) seeds extract 1 and 3 secrets, elsewhere 0
+    rows = []
+    for c in cells:
+        p = c.params
+        k = {0: 1, 1: 3}[p["seed"]] if (p["num_poisons"], p["duplication"]) == (6, 2) else 0
+        rows.append({**p, "status": "ok", "num_secrets": 4, "ser_exact": k / 4, "ser_random": 0.0, "ser_any": k / 4})
+    table = pd.DataFrame(rows)
+    s = summarize(table, base)
+    hit = s[(s["factor"] == "num_poisons") & (s["value"] == 6)].iloc[0]
+    assert hit["ser_any"] == 0.5 and hit["secrets"] == 8
+    assert (hit["ser_any_lo"], hit["ser_any_hi"]) == pytest.approx(wilson_interval(4, 8))
+    pts = summarize_points(table)
+    assert len(pts) == 4 and pts["ser_exact"].tolist() == [0.0, 0.0, 0.0, 0.5]
+
+
+def test_the_plot_of_an_all_zero_summary(tmp_path):
+    # regression: Wilson bounds at SER 0 once gave a -1e-17 error bar that matplotlib refused
+    from htsr.phishing.metrics import wilson_interval
+    from htsr.phishing.plots import plot_summary
+
+    assert wilson_interval(0, 24)[0] == 0.0 and wilson_interval(24, 24)[1] == 1.0
+    lo, hi = wilson_interval(0, 24)
+    rows = [{"factor": "num_poisons", "value": v, **{f"ser_{k}": 0.0 for k in ("exact", "random", "any")},
+             **{f"ser_{k}_lo": lo - 1e-17 for k in ("exact", "random", "any")},
+             **{f"ser_{k}_hi": hi for k in ("exact", "random", "any")}} for v in (0, 10)]
+    plot_summary(pd.DataFrame(rows), tmp_path / "p.png")
+    assert (tmp_path / "p.png").stat().st_size > 0

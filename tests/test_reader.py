@@ -211,6 +211,25 @@ def test_symlinked_shard_outside_is_refused(tmp_path):
         read_index(d / "model.safetensors.index.json")
 
 
+def test_hugging_face_cache_snapshot_links_are_followed_into_its_blobs(tmp_path):
+    """The hub cache keeps shards in blobs/ and links them from snapshots/<rev>/: that layout is inside."""
+    entry = tmp_path / "models--org--name"
+    (entry / "blobs").mkdir(parents=True)
+    snap = entry / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    save_file({"a.weight": torch.full((3, 4), 2.0)}, str(entry / "blobs" / "deadbeef"))
+    (snap / "model-00001-of-00001.safetensors").symlink_to("../../blobs/deadbeef")
+    (snap / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a.weight": "model-00001-of-00001.safetensors"}}))
+    es = list(iter_entries(str(snap)))
+    assert [e.name for e in es] == ["a.weight"] and float(es[0].load().sum()) == 24.0
+    save_file({"a.weight": torch.ones(3, 4)}, str(tmp_path / "elsewhere.safetensors"))
+    (snap / "evil.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
+    (snap / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a.weight": "evil.safetensors"}}))
+    with pytest.raises(SourceError, match="outside the model"):
+        list(iter_entries(str(snap)))
+
+
 def test_fifo_shard_is_refused(tmp_path):
     d = _sharded(tmp_path, {"a.weight": "pipe.safetensors"})
     os.mkfifo(d / "pipe.safetensors")
@@ -390,7 +409,10 @@ def test_fuzz_headers_give_a_clean_error_or_the_right_tensors(tmp_path):
         cut = int(rng.integers(0, 24)) if rng.random() < 0.15 else 0
         blob = data[: len(data) - cut] if cut else data
         p = tmp_path / f"f{i}.safetensors"
-        raw_file(p, h, blob)
+        text = json.dumps(h).encode() + b" " * 8  # padded, as the format allows
+        hlen = len(text) + (int(rng.integers(-12, 13)) if rng.random() < 0.15 else 0)  # a wrong header length
+        p.write_bytes(struct.pack("<Q", max(hlen, 0)) + text + blob)
+        blob = p.read_bytes()[8 + max(hlen, 0):]  # the data section as the declared length places it
         try:
             sf = SafetensorsFile(p)
             got = {k: sf.tensor(k) for k in sf.keys()}

@@ -137,3 +137,30 @@ def test_bad_tables():
         aggregate(t.assign(mc="x"))
     with pytest.raises(ConfigError, match="cka_threshold"):
         Cutoffs(cka_threshold=1.5)
+
+
+def test_the_documented_cpu_experiment_numbers():
+    """docs/regimes.md and docs/benchmarks.md quote these from benchmarks/regimes_cpu_results.csv."""
+    from pathlib import Path
+
+    t = pd.read_csv(Path(__file__).resolve().parent.parent / "benchmarks" / "regimes_cpu_results.csv")
+    assert len(t) == 32 and (t["status"] == "ok").all()
+    agg = aggregate(t)
+    cut = fit_cutoffs(agg)
+    assert cut.mc_threshold == pytest.approx(-0.073, abs=5e-4) and cut.cka_threshold == pytest.approx(0.977, abs=5e-4)
+    assert Cutoffs().mc_threshold == pytest.approx(cut.mc_threshold, abs=5e-4)  # the defaults are these fitted ones
+    adv = advise(agg)
+    assert adv.groupby("regime").size().to_dict() == {"I": 2, "II-A": 4, "II-B": 10}
+    cs = case_study(adv)
+    assert (cs["n_lowered"], cs["n_checked"], cs["opposite_n_lowered"], cs["opposite_n_checked"]) == (4, 6, 1, 4)
+    assert not transition_verdict(transition(agg))["transition"]
+    assert transition(agg)["best_temperature"].tolist() == [12, 12, 24, 12]
+
+
+def test_softmax_cka_column_is_used_when_asked():
+    t = _table()
+    t["cka_softmax"] = 0.0  # every cell dissimilar on softmax outputs
+    got = classify(aggregate(t), Cutoffs(mc_threshold=-0.05, cka_threshold=0.5, cka_column="cka_softmax"))
+    assert set(got["regime"]) == {"I", "II-A"}
+    with pytest.raises(ConfigError, match="cka_column"):
+        Cutoffs(cka_column="nope")

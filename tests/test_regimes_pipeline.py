@@ -208,3 +208,30 @@ def test_cli_table_bad_input(tmp_path, capsys):
         assert main(["regimes", *argv]) == 2
         err = capsys.readouterr().err
         assert needle in err and err.count("\n") == 1, err
+
+
+def test_sweep_killed_by_ctrl_c_resumes_to_the_same_table(tmp_path, monkeypatch):
+    from htsr.regimes import pipeline
+
+    cfg = _cfg(densities=(0.3, 0.6), temperatures=(1, 2))
+    full = pipeline.sweep(cfg, tmp_path / "full")
+    real = pipeline.regime_cell
+    calls = {"n": 0}
+
+    def flaky(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(pipeline, "regime_cell", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.sweep(cfg, tmp_path / "cut")
+    monkeypatch.setattr(pipeline, "regime_cell", real)
+    assert len(pd.read_csv(tmp_path / "cut" / "results.csv")) == 2  # the cells finished before the interrupt
+    done = pipeline.sweep(cfg, tmp_path / "cut")
+    assert done.attrs["n_resumed"] == 2 and done.attrs["n_run"] == 2
+    cols = [c for c in full.columns if c not in TIMING]
+    key = ["temperature", "density"]
+    pd.testing.assert_frame_equal(full[cols].sort_values(key).reset_index(drop=True),
+                                  done[cols].sort_values(key).reset_index(drop=True))

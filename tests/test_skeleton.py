@@ -257,3 +257,32 @@ def test_csv_cells_cannot_run_as_formulas_and_terminal_text_is_escaped(tmp_path)
     df = pd.read_csv(p)
     assert list(df.name) == ["'=cmd|'/c calc'!A1", "ok", "'@x"] and list(df.v) == [-1.0, 2.0, 3.0]
     assert safe_text("a\x1b[31mred\nb") == "a\\x1b[31mred\\x0ab"
+
+
+def test_prepare_run_dir_is_the_one_resume_rule(tmp_path):
+    import json
+
+    from htsr.io import MARKER, OutputError, prepare_run_dir
+
+    out = tmp_path / "run"
+    assert prepare_run_dir(out, {"lr": 0.1, "seeds": (0, 1)}, "sweep.json") is False
+    assert (out / MARKER).is_file() and json.loads((out / "sweep.json").read_text())["resume_key"]["seeds"] == [0, 1]
+    (out / "cells").mkdir()
+    assert prepare_run_dir(out, {"seeds": [0, 1], "lr": 0.1}, "sweep.json") is True  # same key (tuple == list)
+    with pytest.raises(OutputError, match="different configuration"):
+        prepare_run_dir(out, {"lr": 0.2, "seeds": [0, 1]}, "sweep.json")
+    (out / "cache").mkdir()
+    (out / "cache" / "w.bin").write_bytes(b"x")
+    assert prepare_run_dir(out, {"lr": 0.2}, "sweep.json", overwrite=True, keep=("cache",)) is False
+    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "cache", "sweep.json"])
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(OutputError, match="not empty"):
+        prepare_run_dir(foreign, {}, "run.json")
+    with pytest.raises(OutputError):
+        prepare_run_dir(foreign, {}, "run.json", overwrite=True)  # never replaces what htsr did not write
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    (tmp_path / "data").mkdir()
+    with pytest.raises(OutputError, match="inside the input"):
+        prepare_run_dir(tmp_path / "data" / "out", {}, inputs=[tmp_path / "data"])

@@ -282,3 +282,34 @@ def test_plots_handle_zero_rates_and_reject_empty_input(tmp_path):
         plot_trajectories(h.iloc[:0], tmp_path / "e.png")
     with pytest.raises(ConfigError, match="summary table"):
         plot_score_vs_fraction(pd.DataFrame(), tmp_path / "s.png", "accuracy")
+
+
+def test_fashion_recipe_on_real_images(torch_one_thread):
+    """The Fashion-MNIST recipe: a stratified pool and fraction (checked against the raw IDX labels), a ResNet-18
+    layout (4 stages x 2 basic blocks), TempBalance with unit multipliers = the baseline, and the first TB update's
+    alphas = the reference estimator's on the initial weights (first and last layer excluded, as the reference)."""
+    from htsr.data import fashion_mnist as F
+
+    if not F.available():
+        pytest.skip("apt-get install dataset-fashion-mnist")
+    from htsr.models.vision import SmallResNet, seeded_init
+
+    r = get_recipe("fashion", width=4, n_pool=200, n_test=100, epochs=1, min_steps=4, interval=2)
+    mb, _ = r.run("baseline", 0.5, 3)
+    assert mb["n_train"] == 100 and mb["steps"] == 4  # 100 images, batch 64 -> 2 steps/epoch, 2 epochs
+    _, ytr, _, _ = F.fashion_mnist()
+    assert np.bincount(ytr).tolist() == [6000] * 10  # the pool's stratification has equal classes to draw from
+    mf, _ = r.replace(s1=1.0, s2=1.0).run("tb", 0.5, 3)
+    assert mf["accuracy"] == mb["accuracy"] and mf["test_loss"] == pytest.approx(mb["test_loss"], rel=1e-6)
+    mt, dt = r.run("tb", 0.5, 3)
+    assert mt["tb_updates"] == 1 + mt["steps"] // r.interval
+    with seeded_init(3):
+        init = SmallResNet(1, 10, widths=(4, 8, 16, 32), blocks=(2, 2, 2, 2))
+    convs = [(n, m) for n, m in init.named_modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+    assert sum(isinstance(m, torch.nn.Conv2d) for _, m in convs) == 1 + 16 + 3  # stem, 8 blocks x 2, 3 shortcuts
+    ref = {n: hill_alpha_median(esd(m)) for n, m in convs[1:-1] if esd(m).size >= 50}
+    first = [row for row in dt["tb_history"] if row["update"] == 0]
+    assert [row["unit"] for row in first] == list(ref)
+    np.testing.assert_allclose([row["value"] for row in first], list(ref.values()), rtol=1e-9)
+    with pytest.raises(ConfigError, match="60,000 training"):
+        get_recipe("fashion", n_pool=70000)

@@ -220,10 +220,63 @@ def write_table(path: str | os.PathLike, df) -> Path:
     return atomic_write(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
-_CONTROL = {i: f"\\x{i:02x}" for i in (*range(0x00, 0x20), 0x7F)}
-_CONTROL.update({0x9B: "\\x9b"})
+_CONTROL = {i: f"\\x{i:02x}" for i in (*range(0x00, 0x20), *range(0x7F, 0xA0))}  # C0, DEL and C1 (CSI, OSC...)
+# bidirectional overrides and isolates reorder what the terminal shows
+_CONTROL.update({i: f"\\u{i:04x}" for i in (*range(0x202A, 0x202F), *range(0x2066, 0x206A))})
 
 
 def safe_text(s: Any) -> str:
     """``str(s)`` with control characters (terminal escape sequences, newlines) shown as ``\\xNN``."""
     return str(s).translate(_CONTROL)
+
+
+def _same_key(a: Any, b: Any) -> bool:
+    return json.dumps(jsonable(a), sort_keys=True, default=str) == json.dumps(jsonable(b), sort_keys=True, default=str)
+
+
+def prepare_run_dir(out_dir: str | os.PathLike, key: Any, state: str = "run.json", *, overwrite: bool = False,
+                    inputs: Iterable[Any] = (), keep: Iterable[str] = ()) -> bool:
+    """Make ``out_dir`` the working directory of a resumable run identified by ``key`` (a JSON-able
+    configuration), recorded in ``out_dir/state``; returns True when an earlier run of the same ``key`` is resumed.
+
+    New or empty (apart from the ``keep`` entries, e.g. a cache, and the htsr marker) -> used as new. An htsr
+    output of the same key -> resumed. Anything else -> an :class:`OutputError` (another configuration would be
+    mixed in as if it were the same), unless ``overwrite``, which replaces a previous htsr output (never a directory
+    htsr did not write, never an input) and keeps the ``keep`` entries. The one rule behind every resumable
+    command (sweeps, comparisons, training runs)."""
+    out = Path(out_dir)
+    keep = set(keep)
+    inputs = list(inputs)
+    check_not_input(out, inputs)
+    if out.is_symlink():
+        raise OutputError(f"{out} is a symbolic link; htsr never replaces what a link points to: give a real path")
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out} exists and is not a directory")
+    content = {c.name for c in out.iterdir()} - keep - {MARKER} if out.is_dir() else set()
+    if content:
+        old = None
+        if (out / MARKER).is_file() and (out / state).is_file():
+            try:
+                old = json.loads((out / state).read_text()).get("resume_key")
+            except (OSError, ValueError, AttributeError):
+                old = None
+        if not overwrite:
+            if old is not None and _same_key(old, key):
+                return True
+            if old is not None:
+                raise OutputError(f"{out} holds a run with a different configuration; use another --out-dir, or "
+                                  "--overwrite to replace it")
+            raise OutputError(f"{out} exists and is not empty (pass --overwrite to replace a previous htsr output)")
+        check_replace_dir(out, overwrite=True, inputs=inputs)  # refuses a directory htsr did not write
+        for child in out.iterdir():
+            if child.name in keep or child.name == MARKER:
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / MARKER).is_file():
+        (out / MARKER).write_text("written by htsr; --overwrite may replace this directory\n")
+    write_json(out / state, {"resume_key": jsonable(key), "status": "running"})
+    return False

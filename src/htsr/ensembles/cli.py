@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from htsr.cli import common as C
+from htsr.io import prepare_run_dir
 
 METHOD_NAMES = ("deep_ensemble", "sam_ensemble", "sharpbalance")
 PRESET_NAMES = ("cpu", "paper")
@@ -108,33 +109,6 @@ def _config(args: argparse.Namespace, base: dict[str, Any] | None = None, **fixe
     return preset_config(args.preset or "cpu", over)
 
 
-def _prepare(out: Path, blob: dict[str, Any], name: str, overwrite: bool, inputs: tuple = ()) -> bool:
-    """Make ``out`` a working directory for a resumable run: new or empty -> created with the htsr marker;
-    an htsr output of the same configuration -> resumed (True); of another -> error unless ``overwrite``."""
-    from htsr.io import MARKER, OutputError, check_not_input, replace_dir
-
-    check_not_input(out, inputs)
-    state = out / name
-    if out.exists() and out.is_dir() and (out / MARKER).is_file() and state.is_file():
-        try:
-            old = json.loads(state.read_text()).get("resume_key")
-        except (OSError, ValueError):
-            old = None
-        if old == blob and not overwrite:
-            return True
-        if not overwrite:
-            raise OutputError(f"{out} holds a run with a different configuration; use another --out-dir or "
-                              "--overwrite to replace it")
-    if out.exists() and out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise OutputError(f"{out} exists and is not empty (pass --overwrite to replace a previous htsr output)")
-    replace_dir(out, lambda tmp: None, overwrite=overwrite, inputs=inputs)
-    from htsr.io import write_json
-
-    write_json(state, {"resume_key": blob, "status": "running"})
-    return False
-
-
 def _say_table(rows: list[tuple[str, Any]]) -> None:
     w = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -149,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config(args, method=args.method, parallel=args.parallel)
     out = Path(args.out_dir)
     key = {"config": execution_free(cfg), "method": cfg.method, "seed": args.seed}
-    resumed = _prepare(out, key, "ensemble.json", args.overwrite)
+    resumed = prepare_run_dir(out, key, "ensemble.json", overwrite=args.overwrite)
     if resumed:
         C.say(f"resuming {out}")
     info = train_ensemble(cfg, args.seed, out)
@@ -239,7 +213,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         raise ConfigError(f"seeds must be >= 0, got {seeds}")
     key = {"config": execution_free(cfg)}
-    resumed = _prepare(out, key, "compare.json", args.overwrite)
+    resumed = prepare_run_dir(out, key, "compare.json", overwrite=args.overwrite)
     if resumed:
         C.say(f"resuming {out} ({len(ResultStore(out))} cell(s) recorded)")
     with C.executor_from_args(args) as executor:

@@ -24,7 +24,8 @@ _WHERE = {
     "MoLoraConfig": "config", "TrainConfig": "config", "PRESETS": "config", "preset_config": "config",
     "MoLoraLinear": "layer",
     "MoLoraModel": "model", "LoraError": "model", "inject": "model", "layer_alphas": "model",
-    "target_layers": "model", "peft_rank_config": "model", "load_adapters": "model",
+    "target_layers": "model", "peft_rank_config": "model", "load_adapters": "model", "source_alphas": "model",
+    "source_layers": "model", "peft_config_from_names": "model", "name_matches": "model",
 }
 
 __all__ = sorted(_WHERE)

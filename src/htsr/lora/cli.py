@@ -85,39 +85,23 @@ def register(subparsers: Any) -> None:
 
 
 # ----------------------------------------------------------------------------------- allocate
-def _load_model(spec: str) -> tuple[Any, str]:
+def _source(spec: str) -> str:
     from htsr.errors import SourceError
 
     if spec == "minilm":
         from htsr.examples import example_path
 
-        spec = str(example_path("minilm"))
-    path = Path(spec)
-    if not (path / "config.json").is_file():
-        raise SourceError(f"{spec}: not a Hugging Face model directory (no config.json); expected a model "
-                          "directory, 'minilm' or 'reference:NAME'")
-    from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        model = AutoModel.from_pretrained(spec, local_files_only=True, torch_dtype="auto")
-    except (OSError, ValueError) as e:
-        raise SourceError(f"{spec}: cannot load the model ({str(e).splitlines()[0]})") from None
-    finally:
-        hf_logging.set_verbosity(level)
-        hf_logging.enable_progress_bar()
-    return model.eval(), spec
+        return str(example_path("minilm"))
+    if not Path(spec).exists():
+        raise SourceError(f"{spec}: no such file or directory; expected a model directory, a .safetensors file or "
+                          "index, 'minilm' or 'reference:NAME'")
+    return spec
 
 
-def _default_targets(model: Any) -> tuple[str, ...]:
+def _default_targets(names: list[str]) -> tuple[str, ...]:
     from htsr.lora.config import BERT_TARGETS, LLAMA_TARGETS
     from htsr.lora.model import name_matches
-    from htsr.nn import linear_layers
 
-    names = list(linear_layers(model))
     for targets in (LLAMA_TARGETS, BERT_TARGETS, ("c_attn", "c_proj", "c_fc"),
                     ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h")):
         if any(name_matches(n, targets) for n in names):
@@ -133,7 +117,7 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     from htsr.lora import allocation as A
 
     ranks_mode = args.ranks is not None
-    model = None
+    per_block = None
     if args.model.startswith("reference:"):
         from htsr.data.reference import alphapruning_block_alphas
 
@@ -146,11 +130,13 @@ def cmd_allocate(args: argparse.Namespace) -> int:
                                          "down_proj"))
         source = args.model
     else:
-        from htsr.lora.model import layer_alphas
+        from htsr.lora.model import source_alphas
+        from htsr.spectra.sources import path_entries
 
-        model, source = _load_model(args.model)
-        targets = tuple(args.targets or _default_targets(model))
-        alphas, blocks, _ = layer_alphas(model, targets)
+        source = _source(args.model)
+        names = [e.module for e in path_entries(source) if len(e.shape) == 2]
+        targets = tuple(args.targets or _default_targets(names))
+        alphas, blocks, _, per_block = source_alphas(source, targets)  # streamed: the model is never built
     n = len(blocks)
     rows: list[dict[str, Any]] = []
     if ranks_mode:
@@ -158,10 +144,11 @@ def cmd_allocate(args: argparse.Namespace) -> int:
         rows = [{"block": b, "alpha": float(a), "rank": int(r)} for b, a, r in zip(blocks, alphas, ranks, strict=True)]
         doc: dict[str, Any] = {"source": source, "targets": list(targets), "beta": args.beta, "rank": args.ranks,
                                "total_rank": int(ranks.sum()), "rounding": args.rounding, "blocks": rows}
-        if model is not None:
-            from htsr.lora.model import peft_rank_config
+        if per_block is not None:
+            from htsr.lora.model import peft_config_from_names
 
-            pc = peft_rank_config(model, ranks.tolist(), targets, r=args.ranks, lora_alpha=args.lora_alpha)
+            pc = peft_config_from_names(per_block, blocks[0].rpartition(".")[0], ranks.tolist(), r=args.ranks,
+                                        lora_alpha=args.lora_alpha)
             doc["peft_config"] = {k: (sorted(v) if isinstance(v, set) else v) for k, v in pc.to_dict().items()}
     else:
         e = A.allocation(args.allocation, args.budget, metrics=alphas, n_layers=n, beta=args.beta,
@@ -189,10 +176,13 @@ def cmd_allocate(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------- train
 def cmd_train(args: argparse.Namespace) -> int:
-    from htsr.ensembles.cli import _prepare  # the shared resumable-output-directory rule
     from htsr.errors import ConfigError, MeasurementError
     from htsr.experiments.store import ResultStore
-    from htsr.io import write_json, write_table
+    from htsr.io import (
+        prepare_run_dir,  # the shared resumable-output-directory rule
+        write_json,
+        write_table,
+    )
     from htsr.lora.config import VARIANTS, preset_config
     from htsr.lora.train import compare, execution_free, paired_table, summarize
 
@@ -231,7 +221,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         plan(cfg.replace(variant=v))
     out = Path(args.out_dir)
     key = {"config": execution_free(cfg)}
-    if _prepare(out, key, "lora.json", args.overwrite):
+    if prepare_run_dir(out, key, "lora.json", overwrite=args.overwrite):
         C.say(f"resuming {out} ({len(ResultStore(out))} cell(s) recorded)")
     table = compare(cfg, variants, list(args.tasks), seeds, out, executor=executor, progress=args.progress,
                     save_adapters=args.adapters)

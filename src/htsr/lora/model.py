@@ -301,6 +301,55 @@ def layer_alphas(model: nn.Module, targets: Sequence[str], *, analysis: Any = No
     names = [n for b in per_block for n in b]
     if analysis is None:
         analysis = analyze(model, "alphapruning", layers=names, kinds=("linear", "hf_conv1d"))
+    return _block_means(analysis, blocks, [list(b) for b in per_block], nan_policy)
+
+
+def source_layers(source: str | Path, targets: Sequence[str]) -> tuple[str, list[str], list[list[str]]]:
+    """Like :func:`target_layers` for a checkpoint on disk (a safetensors file, a sharded or HF directory), from its
+    tensor names and shapes alone (nothing is loaded): ``(stack path, block paths, targeted names per block)``.
+    The stack is the outermost ``<path>.<index>`` prefix (:func:`htsr.nn.block_of`) holding targeted 2-D
+    weights."""
+    from htsr.nn import block_of
+    from htsr.spectra.sources import path_entries
+
+    mods = [e.module for e in path_entries(source) if len(e.shape) == 2 and e.name.endswith(".weight")]
+    hits: dict[str, dict[int, list[str]]] = {}
+    for m in mods:
+        b = block_of(m)
+        if b is None or not name_matches(m, targets):
+            continue
+        stack, _, idx = b.rpartition(".")
+        hits.setdefault(stack, {}).setdefault(int(idx), []).append(m)
+    if not hits:
+        some = ", ".join(dict.fromkeys(m.rsplit(".", 1)[-1] for m in mods if block_of(m) is not None)) or "none"
+        raise LoraError(f"target modules {', '.join(targets)} match none of the {len(mods)} weight matrices in "
+                        f"the blocks of {source} (block layers: {some[:200]})")
+    stack = min(hits, key=lambda k: (k.count("."), -len(hits[k])))
+    idx = sorted(hits[stack])
+    if idx != list(range(len(idx))):
+        missing = sorted(set(range(max(idx) + 1)) - set(idx))
+        raise LoraError(f"target modules {', '.join(targets)} match no layer in block(s) "
+                        f"{', '.join(map(str, missing[:8]))} of {source}; every block needs a target")
+    return stack, [f"{stack}.{k}" for k in idx], [hits[stack][k] for k in idx]
+
+
+def source_alphas(source: str | Path, targets: Sequence[str], *, nan_policy: str = "raise"
+                  ) -> tuple[np.ndarray, list[str], list[dict[str, Any]], list[list[str]]]:
+    """:func:`layer_alphas` of a checkpoint on disk, streamed by the spectral engine one matrix at a time (a 7B model
+    is never instantiated). Returns ``(alphas, block names, rows, targeted names per block)``."""
+    from htsr.spectra.analysis import analyze
+
+    _, blocks, per_block = source_layers(source, targets)
+    names = [n for b in per_block for n in b]
+    analysis = analyze(str(source), "alphapruning", layers=names)
+    return (*_block_means(analysis, blocks, per_block, nan_policy), per_block)
+
+
+def _block_means(analysis: Any, blocks: list[str], per_block: list[list[str]], nan_policy: str
+                 ) -> tuple[np.ndarray, list[str], list[dict[str, Any]]]:
+    if nan_policy not in ("raise", "skip"):
+        raise ConfigError(f"unknown nan_policy {nan_policy!r}; expected raise or skip")
+    names = [n for b in per_block for n in b]
     vec = analysis.metric("alpha", names, policy="nan")
     vals = dict(zip(names, np.asarray(vec.values, dtype=np.float64), strict=True))
     bad = [n for n in names if not np.isfinite(vals[n])]
@@ -318,23 +367,38 @@ def layer_alphas(model: nn.Module, targets: Sequence[str], *, analysis: Any = No
     return np.array(out), blocks, rows
 
 
-def peft_rank_config(model: nn.Module, ranks: Sequence[int], targets: Sequence[str], *, r: int = 8,
-                     lora_alpha: float = 16.0, keep_scaling: bool = True, **lora_kwargs: Any) -> Any:
-    """A PEFT ``LoraConfig`` giving every targeted layer of block ``k`` rank ``ranks[k]`` (``rank_pattern``, keys
-    are the escaped full module names). ``keep_scaling``: ``alpha_pattern`` sets ``lora_alpha * rank / r`` so the
-    scaling ``alpha / rank`` stays the uniform adapter's ``lora_alpha / r``; otherwise PEFT's ``lora_alpha /
-    rank`` applies. Other keywords go to ``LoraConfig`` (``lora_dropout``, ``modules_to_save``, ...)."""
+def _relative(name: str, stack: str) -> str:
+    """``name`` from the blocks' list on (``model.layers.3.mlp.up_proj`` -> ``layers.3.mlp.up_proj``): the same key
+    for the bare model and its task wrappers (``AutoModel`` and ``AutoModelForCausalLM`` name modules differently)."""
+    head = stack.rpartition(".")[0]
+    return name[len(head) + 1:] if head and name.startswith(head + ".") else name
+
+
+def peft_config_from_names(per_block: Sequence[Sequence[str]], stack: str, ranks: Sequence[int], *, r: int = 8,
+                           lora_alpha: float = 16.0, keep_scaling: bool = True, **lora_kwargs: Any) -> Any:
+    """The PEFT ``LoraConfig`` of :func:`peft_rank_config` from module names grouped by block (see there)."""
     from peft import LoraConfig
 
-    blocks, per_block = target_layers(model, targets)
     ranks = [int(x) for x in ranks]
-    if len(ranks) != len(blocks):
-        raise ConfigError(f"{len(ranks)} ranks for {len(blocks)} blocks; expected one rank per block")
+    if len(ranks) != len(per_block):
+        raise ConfigError(f"{len(ranks)} ranks for {len(per_block)} blocks; expected one rank per block")
     if any(x < 1 for x in ranks):
         raise ConfigError(f"ranks must be >= 1, got {ranks}")
-    names = {n: k for k, b in enumerate(per_block) for n in b}
-    rank_pattern = {re.escape(n): ranks[k] for n, k in names.items()}
-    alpha_pattern = {re.escape(n): float(lora_alpha) * ranks[k] / r for n, k in names.items()} if keep_scaling \
-        else {}
-    return LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=sorted(names), rank_pattern=rank_pattern,
+    keys = {_relative(n, stack): ranks[k] for k, b in enumerate(per_block) for n in b}
+    rank_pattern = {re.escape(n): v for n, v in keys.items()}
+    alpha_pattern = {re.escape(n): float(lora_alpha) * v / r for n, v in keys.items()} if keep_scaling else {}
+    return LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=sorted(keys), rank_pattern=rank_pattern,
                       alpha_pattern=alpha_pattern, **lora_kwargs)
+
+
+def peft_rank_config(model: nn.Module, ranks: Sequence[int], targets: Sequence[str], *, r: int = 8,
+                     lora_alpha: float = 16.0, keep_scaling: bool = True, **lora_kwargs: Any) -> Any:
+    """A PEFT ``LoraConfig`` giving every targeted layer of block ``k`` rank ``ranks[k]`` (``rank_pattern``; keys
+    and ``target_modules`` are the escaped module names from the blocks' list on, e.g. ``layers.3.mlp.up_proj``,
+    which PEFT matches as suffixes). ``keep_scaling``: ``alpha_pattern`` sets ``lora_alpha * rank / r`` so the
+    scaling ``alpha / rank`` stays the uniform adapter's ``lora_alpha / r``; otherwise PEFT's ``lora_alpha / rank``
+    applies. Other keywords go to ``LoraConfig`` (``lora_dropout``, ``modules_to_save``, ...)."""
+    blocks, per_block = target_layers(model, targets)
+    stack = blocks[0].rpartition(".")[0]
+    return peft_config_from_names([list(b) for b in per_block], stack, ranks, r=r, lora_alpha=lora_alpha,
+                                  keep_scaling=keep_scaling, **lora_kwargs)

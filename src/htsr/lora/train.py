@@ -95,6 +95,7 @@ def run(cfg: TrainConfig, seed: int = 0, out_dir: str | Path | None = None, *, p
 
         check_replace_dir(out_dir, overwrite=overwrite)
     torch.set_num_threads(cfg.threads)
+    torch.manual_seed(seed)  # dropout (the adapters' and the head's) draws from the global generator
     device = torch.device(cfg.device)
     t0 = time.perf_counter()
     allocation = plan(cfg)

@@ -179,7 +179,8 @@ def attack_once(model: nn.Module, tok: Tok, secrets: list[Secret], cfg: PhishCon
                    else [False] * S)
     return {"exact": int(sum(exact_hits)), "random": int(sum(random_hits)),
             "any": int(sum(a or b for a, b in zip(exact_hits, random_hits, strict=True))),
-            "exact_hits": exact_hits, "random_hits": random_hits, "exact_pred": exact_pred, "vote_pred": votes}
+            "exact_hits": exact_hits, "random_hits": random_hits, "exact_pred": exact_pred, "vote_pred": votes,
+            "exact_continuation": conts[:S]}
 
 
 class _Attacker(Callback):

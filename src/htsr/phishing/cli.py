@@ -19,11 +19,11 @@ Exit codes (``htsr.cli.main``): 0 ran, 1 the measurement failed (e.g. nothing ex
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 from typing import Any
 
 from htsr.cli import common as C
+from htsr.io import prepare_run_dir
 
 PRESET_NAMES = ("tiny", "cpu", "paper")
 
@@ -78,8 +78,8 @@ def register(subparsers: Any) -> None:
                    help="oat: one factor at a time around the preset (default); full: every combination")
     shared(s)
     C.add_executor(s)
-    C.add_out_dir(s, "results directory (results.csv, cells/, summary.csv, pretrained/); an existing one of the "
-                     "same configuration is resumed")
+    C.add_out_dir(s, "results directory (results.csv, cells/, summary.csv, points.csv, pretrained/); an existing "
+                     "one of the same configuration is resumed")
     C.add_out(s, (".csv", ".json"), "also write the summary (SER with Wilson bounds per factor value)")
     C.add_plot(s, "SER against each factor, with 95%% Wilson intervals (PNG)")
     s.set_defaults(func=cmd_sweep)
@@ -117,35 +117,6 @@ def _config(args: argparse.Namespace):
     return cfg, pre
 
 
-def _prepare(out: Path, key: dict[str, Any], state: str, overwrite: bool) -> bool:
-    """Make ``out`` the run directory: new, empty or holding only a ``pretrained/`` cache -> used as new, with the
-    htsr marker; an htsr output of the same ``key`` -> resumed (True); of another -> an error unless ``overwrite``
-    (which keeps ``pretrained/``, a cache checked against its own config)."""
-    import json
-
-    from htsr.io import MARKER, OutputError, check_replace_dir, write_json
-
-    only_cache = out.is_dir() and {c.name for c in out.iterdir()} <= {"pretrained", MARKER}
-    if out.exists() and out.is_dir() and any(out.iterdir()) and not only_cache:
-        check_replace_dir(out, overwrite=True)  # refuses a directory htsr did not write
-        try:
-            old = json.loads((out / state).read_text()).get("resume_key")
-        except (OSError, ValueError):
-            old = None
-        if old != key and not overwrite:
-            raise OutputError(f"{out} holds another htsr output or configuration; use another --out-dir or "
-                              "--overwrite to replace it (its pretrained/ cache is kept)")
-        if old == key and not overwrite:
-            return True
-        for child in out.iterdir():
-            if child.name not in ("pretrained", MARKER):
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by htsr; --overwrite may replace this directory\n")
-    write_json(out / state, {"resume_key": key, "status": "running"})
-    return False
-
-
 def _model(args: argparse.Namespace, pre, out: Path, device: str):
     from htsr.phishing.model import load_model, pretrain_small_lm
 
@@ -175,7 +146,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out_dir)
     key = {"config": cfg.to_dict(), "seed": args.seed, "model": args.model,
            "pretrain": pre.to_dict() if pre else None}
-    _prepare(out, key, "run.json", True)  # a run is cheap to redo: always replaced (the pretrained cache stays)
+    # a run is cheap to redo: always replaced (the pretrained cache stays)
+    prepare_run_dir(out, key, "run.json", overwrite=True, keep=("pretrained",))
     model, tok, minfo, _ = _model(args, pre, out, cfg.device)
     r = run_phish(model, tok, cfg, args.seed, progress=args.progress)
     doc = {"resume_key": key, "status": "done", "model_info": minfo, **r}
@@ -200,7 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from htsr.errors import ConfigError, MeasurementError
     from htsr.io import write_json, write_table
-    from htsr.phishing.sweep import design, summarize, sweep
+    from htsr.phishing.sweep import design, summarize, summarize_points, sweep
 
     cfg, pre = _config(args)
     if any(s < 0 for s in args.seeds):
@@ -212,7 +184,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     executor = C.executor_from_args(args)
     out = Path(args.out_dir)
     key = {"config": cfg.to_dict(), "model": args.model, "pretrain": pre.to_dict() if pre else None}
-    if _prepare(out, key, "sweep.json", args.overwrite):
+    if prepare_run_dir(out, key, "sweep.json", overwrite=args.overwrite, keep=("pretrained",)):
         C.say(f"resuming {out}")
     _, _, minfo, model_dir = _model(args, pre, out, "cpu")
     table = sweep(model_dir, cfg, cells, out, executor=executor, progress=args.progress)
@@ -222,6 +194,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise MeasurementError(f"every cell of the sweep failed; see {out / 'results.csv'} and cells/*.json")
     summary = summarize(ok, cfg, axes)
     write_table(out / "summary.csv", summary)
+    write_table(out / "points.csv", summarize_points(ok))
     write_json(out / "sweep.json", {"resume_key": key, "status": "done", "config": cfg.to_dict(), "axes": axes,
                                     "seeds": sorted(set(args.seeds)), "design": args.design, "model_info": minfo})
     if args.out:
@@ -260,7 +233,7 @@ def cmd_defend(args: argparse.Namespace) -> int:
     out = Path(args.out_dir)
     key = {"config": cfg.to_dict(), "defend": dcfg.to_dict(), "seed": args.seed, "model": args.model,
            "pretrain": pre.to_dict() if pre else None}
-    _prepare(out, key, "defend.json", True)
+    prepare_run_dir(out, key, "defend.json", overwrite=True, keep=("pretrained",))
     model, tok, minfo, _ = _model(args, pre, out, cfg.device)
     r = run_phish(model, tok, cfg, args.seed, progress=args.progress)
     write_json(out / "run.json", {"model_info": minfo, **r})

@@ -28,7 +28,8 @@ def plot_summary(summary: pd.DataFrame, path: str | Path, title: str = "") -> Pa
         part = summary[summary["factor"] == f].sort_values("value")
         for i, kind in enumerate(("exact", "random", "any")):
             y = part[f"ser_{kind}"]
-            err = [y - part[f"ser_{kind}_lo"], part[f"ser_{kind}_hi"] - y]
+            # clipped at 0: a Wilson bound can differ from SER by a rounding error (1e-17) of the wrong sign
+            err = [(y - part[f"ser_{kind}_lo"]).clip(lower=0), (part[f"ser_{kind}_hi"] - y).clip(lower=0)]
             ax.errorbar(part["value"] + (i - 1) * 0.01 * max(part["value"].max(), 1), y, yerr=err, marker="o",
                         capsize=3, label=KIND_LABELS[kind])
         ax.set_xlabel(LABELS.get(f, f))

@@ -21,7 +21,7 @@ from htsr.experiments import Cell, ResultStore, grid, run_sweep
 from htsr.phishing.config import PhishConfig
 from htsr.phishing.metrics import ser_summary
 
-__all__ = ["FACTORS", "design", "phish_cell", "summarize", "sweep"]
+__all__ = ["FACTORS", "design", "phish_cell", "summarize", "summarize_points", "sweep"]
 
 #: The swept factors (PhishConfig fields).
 FACTORS = ("num_poisons", "duplication", "secret_len", "gap")
@@ -98,4 +98,21 @@ def summarize(table: pd.DataFrame, base: PhishConfig, axes: dict[str, Sequence[i
             row["secrets"] = n
             row["ser_any_seed_sd"] = float(part["ser_any"].std(ddof=1)) if len(part) > 1 else 0.0
             rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summarize_points(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per point of the design (every factor's value), pooled over seeds, with Wilson bounds: the table
+    of a ``full`` design."""
+    ok = table[table["status"] == "ok"] if "status" in table.columns else table
+    rows = []
+    for point, part in ok.groupby(list(FACTORS), sort=True):
+        n = int(part["num_secrets"].sum())
+        row: dict[str, Any] = {**{f: int(v) for f, v in zip(FACTORS, point, strict=True)}, "seeds": int(len(part)),
+                               "secrets": n}
+        for kind in KINDS:
+            k = int(round((part[f"ser_{kind}"] * part["num_secrets"]).sum()))
+            s = ser_summary(k, n)
+            row.update({f"ser_{kind}": s["ser"], f"ser_{kind}_lo": s["ser_lo"], f"ser_{kind}_hi": s["ser_hi"]})
+        rows.append(row)
     return pd.DataFrame(rows)

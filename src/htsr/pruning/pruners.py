@@ -81,6 +81,28 @@ def wanda_prune(W: torch.Tensor, sparsity: float, col_sq_norm: torch.Tensor, nm:
     return mask
 
 
+def _hinv_upper_cholesky(H: torch.Tensor) -> torch.Tensor:
+    """The upper Cholesky factor U of H^-1 (H^-1 = U^T U), as the reference's cholesky(cholesky_inverse(L)).
+
+    On CPU in one Cholesky and one triangular inverse (2/3 d^3 flops instead of 4/3 d^3): with J the
+    reversal permutation, J H J = C C^T gives H = V V^T with V = J C J upper triangular, so
+    H^-1 = V^-T V^-1 and U = V^-1 (upper). The same matrix up to float32 rounding (~3e-7 relative).
+    Elsewhere (CUDA), the reference's two factorisations.
+    """
+    if H.device.type != "cpu" or H.dtype not in (torch.float32, torch.float64):
+        L = torch.linalg.cholesky(H)
+        return torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+    import numpy as np
+    from scipy.linalg import lapack
+
+    V = torch.linalg.cholesky(H.flip(0, 1)).flip(0, 1)
+    trtri = lapack.strtri if H.dtype == torch.float32 else lapack.dtrtri
+    inv, info = trtri(np.asfortranarray(V.numpy()), lower=0, overwrite_c=1)
+    if info != 0:
+        raise torch.linalg.LinAlgError(f"triangular inverse failed (info={info})")
+    return torch.from_numpy(np.ascontiguousarray(inv))
+
+
 def sparsegpt_prune(
     W: torch.Tensor,
     sparsity: float,
@@ -110,39 +132,44 @@ def sparsegpt_prune(
     damp = percdamp * torch.mean(torch.diag(H))
     H += damp * torch.eye(cols, device=H.device)
     try:
-        L = torch.linalg.cholesky(H)
-        Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+        Hinv = _hinv_upper_cholesky(H)
     except RuntimeError as e:  # torch.linalg.LinAlgError subclasses RuntimeError
         raise PruningError(f"SparseGPT: the dampened Hessian is not positive definite ({e}); "
                            "raise percdamp or use more calibration data") from e
     mask = torch.zeros(rows, cols, dtype=torch.bool, device=W.device)
+    # Work on W^T: column i of W is row i here, contiguous, so the sweep's column reads and its
+    # rank-1 updates of the block's remaining columns touch contiguous memory (2-2.7x faster on
+    # CPU than the reference's strided columns; the same arithmetic, masks identical in the tests).
+    WT = Wf.T.contiguous()
+    del Wf
     for i1 in range(0, cols, blocksize):
         i2 = min(i1 + blocksize, cols)
         count = i2 - i1
-        W1 = Wf[:, i1:i2].clone()
-        Q1 = torch.zeros_like(W1)
-        Err1 = torch.zeros_like(W1)
+        W1 = WT[i1:i2].clone()  # (count, rows)
+        Q1 = torch.empty_like(W1)
+        Err1 = torch.empty_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         d1 = torch.diag(Hinv1)
         if nm is None:
-            scores = W1 ** 2 / d1.reshape(1, -1) ** 2
-            mask1 = _lowest_mask(scores.reshape(-1), int(scores.numel() * s), 0).reshape(scores.shape)
+            scores = (W1 ** 2 / d1.reshape(-1, 1) ** 2).T  # (rows, count), as the reference's
+            mask1 = _lowest_mask(scores.reshape(-1), int(scores.numel() * s), 0).reshape(scores.shape).T
         else:
             mask1 = torch.zeros_like(W1, dtype=torch.bool)
         for i in range(count):
-            w = W1[:, i]
+            w = W1[i]
             d = Hinv1[i, i]
             if nm is not None and i % nm[1] == 0:
-                sc = W1[:, i:i + nm[1]] ** 2 / d1[i:i + nm[1]].reshape(1, -1) ** 2
-                mask1[:, i:i + nm[1]] = _lowest_mask(sc, nm[1] - nm[0], dim=1)
-            q = w.masked_fill(mask1[:, i], 0)
-            Q1[:, i] = q
+                sc = (W1[i:i + nm[1]] ** 2 / d1[i:i + nm[1]].reshape(-1, 1) ** 2).T
+                mask1[i:i + nm[1]] = _lowest_mask(sc, nm[1] - nm[0], dim=1).T
+            q = w.masked_fill(mask1[i], 0)
+            Q1[i] = q
             err = (w - q) / d
-            W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1)  # OBS update of the block's remaining columns
-            Err1[:, i] = err
-        Wf[:, i1:i2] = Q1
-        mask[:, i1:i2] = mask1
-        Wf[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+            W1[i:].addr_(Hinv1[i, i:], err, alpha=-1)  # OBS update of the block's remaining columns
+            Err1[i] = err
+        WT[i1:i2] = Q1
+        mask[:, i1:i2] = mask1.T
+        WT[i2:] -= Hinv[i1:i2, i2:].T.matmul(Err1)
+    Wf = WT.T
     W.copy_(Wf.to(dtype))
     return mask | (W == 0)
 

@@ -16,11 +16,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 from htsr.cli import common as C
+from htsr.io import prepare_run_dir
 
 PRESET_NAMES = ("cpu", "paper")
 KNOB_NAMES = ("epochs", "batch_size", "sam_rho")
@@ -169,26 +169,6 @@ def _print_phase(df: Any, extra: list[str] = ()) -> None:
 
 
 # ----------------------------------------------------------------------------------- commands
-def _prepare(out: Path, key: dict[str, Any], overwrite: bool) -> bool:
-    """New/empty ``out`` -> created (with the htsr marker); an htsr sweep of the same configuration -> resumed
-    (True); another -> error unless ``overwrite``."""
-    from htsr.io import MARKER, OutputError, replace_dir, write_json
-
-    state = out / "sweep.json"
-    if out.is_dir() and (out / MARKER).is_file() and state.is_file() and not overwrite:
-        try:
-            old = json.loads(state.read_text()).get("resume_key")
-        except (OSError, ValueError):
-            old = None
-        if old == key:
-            return True
-        raise OutputError(f"{out} holds a sweep of a different configuration; use another --out-dir or --overwrite "
-                          "to replace it")
-    replace_dir(out, lambda tmp: None, overwrite=overwrite)
-    write_json(state, {"resume_key": key, "status": "running"})
-    return False
-
-
 def cmd_sweep(args: argparse.Namespace) -> int:
     from htsr.errors import MeasurementError
     from htsr.io import write_json, write_table
@@ -220,7 +200,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     out = Path(args.out_dir)
     executor = C.executor_from_args(args)
     try:
-        resumed = _prepare(out, cfg.identity(), args.overwrite)
+        resumed = prepare_run_dir(out, cfg.identity(), "sweep.json", overwrite=args.overwrite)
         if resumed:
             from htsr.experiments import ResultStore
 

@@ -23,7 +23,8 @@ Preset ``paper`` (a GPU): PreResNet-20 width 16 on all 60,000 Fashion-MNIST imag
 checkpoints every 20 (the notes' 10, 20, ..., 160 thinned to 8), lr 0.1, momentum 0.9, wd 1e-4, batch 64,
 x0.1 at epochs 80 and 120; densities 5, 6, 7, 8, 10, 14, 20, 40, 80 %; retraining 160 epochs with the same
 schedule; dense seeds 1, 2, 3 and retraining seeds 1, 2, 3; test error the mean over the last 5 retraining epochs;
-CKA on 101 batches of 64 training images (6,464).
+CKA on 101 batches of 64 training images (6,464); mc on 10,000 training images (ours: TRP's count is not in the
+notes).
 """
 
 from __future__ import annotations
@@ -196,12 +197,13 @@ class Cutoffs(Config):
     A cell is in regime I (poorly connected) when ``mc < mc_threshold`` (mc on train error, a fraction; negative
     = barrier), else in II-A when ``cka < cka_threshold`` (dissimilar outputs), else II-B. The defaults were fitted
     by :func:`htsr.regimes.classify.fit_cutoffs` (Otsu's split of mc, then of CKA among the connected cells) on
-    the ``cpu`` experiment of docs/regimes.md."""
+    the ``cpu`` experiment of docs/regimes.md (``benchmarks/regimes_cpu_results.csv``): they suit that network
+    and data; for another, fit them to its own table (``--fit``)."""
 
     label = "regime cut-offs"
 
-    mc_threshold: float = -0.05
-    cka_threshold: float = 0.9
+    mc_threshold: float = -0.073
+    cka_threshold: float = 0.977
     cka_column: str = "cka"  # cka (logits) or cka_softmax
 
     def validate(self) -> None:

@@ -13,7 +13,7 @@ from htsr.regimes.config import KNOBS, REGIMES
 
 PANELS = {
     "mc": ("mode connectivity mc (train error)", "RdBu", None),
-    "cka": ("CKA of outputs (logits)", "viridis", (0.0, 1.0)),
+    "cka": ("CKA of outputs (logits)", "viridis", None),
     "test_error": ("test error", "magma_r", None),
     "normalised_error": ("normalised test error", "magma_r", None),
     "regime": ("regime", None, None),
@@ -58,7 +58,7 @@ def draw(ax, table: pd.DataFrame, column: str, knob: str) -> None:
         for i in range(zf.shape[0]):
             for j in range(zf.shape[1]):
                 if np.isfinite(zf[i, j]):
-                    ax.text(j, i, f"{zf[i, j]:.2f}" if column != "mc" else f"{zf[i, j]:+.3f}", ha="center",
+                    ax.text(j, i, f"{zf[i, j]:.3f}" if column != "mc" else f"{zf[i, j]:+.3f}", ha="center",
                             va="center", fontsize=7, color="black",
                             bbox={"boxstyle": "round,pad=0.1", "fc": "white", "alpha": 0.5, "lw": 0})
     ax.set_xticks(range(len(temps)), [_fmt(t) for t in temps])

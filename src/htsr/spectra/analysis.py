@@ -21,7 +21,14 @@ from htsr.errors import ConfigError, SourceError
 from htsr.spectra import metrics as M
 from htsr.spectra import powerlaw as PL
 from htsr.spectra.config import AnalysisConfig, make_config
-from htsr.spectra.eigen import NonFiniteError, eigenvalues, resolve_device, solver_eps
+from htsr.spectra.eigen import (
+    NonFiniteError,
+    TailTooSmallError,
+    eigenvalues,
+    resolve_device,
+    solver_eps,
+    top_eigenvalues,
+)
 from htsr.spectra.matrices import MatrixPlan, plan_entry, selected
 from htsr.spectra.sources import (
     TensorEntry,
@@ -41,6 +48,10 @@ NAN_POLICIES = ("nan", "mean", "drop", "raise")
 #: Tensors with at least this many elements are analysed one at a time with all BLAS threads
 #: (bounded memory); smaller ones are spread over ``workers`` threads.
 LARGE_TENSOR = 2048 * 2048
+
+#: tail_only gives up on a matrix (full solve) once a first, 2-block Rayleigh-Ritz step leaves more than this
+#: share of ||W||_F^2 outside the top k: a full-rank matrix, whose uncomputed eigenvalues cannot all be tiny.
+TAIL_GIVE_UP = 1e-3
 
 #: Columns averaged by :meth:`Analysis.summary` (over successful rows only).
 SUMMARY_METRICS = (
@@ -195,6 +206,8 @@ def _analyse_matrix(p: MatrixPlan, mats: torch.Tensor, cfg: AnalysisConfig, row:
         return
     if not torch.is_floating_point(mats):
         mats = mats.to(torch.float32)
+    if cfg.tail_only and _tail_only(p, mats, cfg, row, store):
+        return
     try:
         lam = eigenvalues(mats, device=cfg.device, precision=cfg.precision, method=cfg.eig_method)
     except NonFiniteError:
@@ -227,6 +240,7 @@ def _analyse_matrix(p: MatrixPlan, mats: torch.Tensor, cfg: AnalysisConfig, row:
                                                  stride=cfg.farms_stride, device=cfg.device,
                                                  precision=cfg.precision, method=cfg.eig_method)
         lam = lam * p.scale
+        store[p.name] = lam  # the ESD that was fitted (plots draw the fit over it)
         row.update(farms_windows=n_win, farms_window=f"{wr}x{wc}")
     if cfg.fingers == "clip_xmax":
         fit = PL.fit_with_fingers_clipped(lam, cfg.xmin_rule, max_fingers=cfg.max_fingers,
@@ -267,6 +281,82 @@ def _analyse_matrix(p: MatrixPlan, mats: torch.Tensor, cfg: AnalysisConfig, row:
             R, pv = PL.likelihood_ratio(lam, fit, alt)
             row[f"lr_{alt}"] = R
             row[f"lr_{alt}_p"] = pv
+
+
+def _tail_only(p: MatrixPlan, mats: torch.Tensor, cfg: AnalysisConfig, row: dict, store: dict) -> bool:
+    """Try the tail-only spectrum of one plan; True when ``row`` is complete.
+
+    The top k eigenvalues are kept only with a proof that they are all the eigenvalues above
+    ``threshold``: the trace (= ||W||_F^2, exact) minus their sum bounds every other eigenvalue
+    (Ritz values are lower bounds, so the bound is safe). Every fit then sees exactly the
+    eigenvalues the full solve's fit sees (the threshold drops the rest), whatever the xmin rule.
+    False (``row["spectrum_note"]`` says why) when the caller must solve the whole spectrum.
+
+    Metrics: everything from the fit, lambda_max, norm (the trace) and stable rank are the full
+    computation's; log_alpha_norm too when the rest's bound (m - k) * threshold^alpha is below 1e-12
+    of it; entropy and the rank metrics (which count the tiny eigenvalues) are NaN.
+    """
+    row.update(spectrum="full", spectrum_k=p.num_evals, spectrum_note="")
+    if mats.ndim != 3 or mats.shape[0] != 1:
+        row["spectrum_note"] = f"{mats.shape[0]} pooled matrices: tail-only takes one matrix"
+        return False
+    side = min(mats.shape[-2:])
+    if side < cfg.tail_min_side:
+        row["spectrum_note"] = f"smaller side {side} < tail_min_side {cfg.tail_min_side}"
+        return False
+    if not cfg.threshold > 0:
+        row["spectrum_note"] = "threshold 0: the uncomputed eigenvalues cannot be shown to be dropped"
+        return False
+    k = math.ceil(cfg.tail_fraction * side)
+    try:
+        top = top_eigenvalues(mats[0], k, device=cfg.device, seed=_row_seed(cfg.seed, p.name),
+                              floor=cfg.threshold / p.scale, max_rest_share=TAIL_GIVE_UP)
+    except (TailTooSmallError, NonFiniteError) as e:
+        row["spectrum_note"] = str(e)
+        return False
+    if not top.converged:
+        row["spectrum_note"] = f"{top.stopped}; full solve"
+        return False
+    lam = np.sort(top.values) * p.scale
+    rest = top.trace * p.scale - float(lam.sum())
+    if rest > cfg.threshold:
+        row["spectrum_note"] = (f"the {side - k} uncomputed eigenvalues sum to {rest:.3g} > threshold "
+                                f"{cfg.threshold:g}: some may be fitted; full solve")
+        return False
+    store[p.name] = lam
+    row.update(spectrum="tail", spectrum_k=k)
+    row.update(matrix_rank=math.nan, rank_loss=math.nan, weak_rank_loss=math.nan,
+               sv_max=float(np.sqrt(lam[-1] / p.scale)), sv_min=math.nan)
+    fit_kw = dict(threshold=cfg.threshold, xmin_pos=cfg.xmin_pos, peak_bins=cfg.peak_bins,
+                  peak_legacy_bound=cfg.peak_legacy_bound, small_n=cfg.small_n)
+    if cfg.fingers == "clip_xmax":
+        fit = PL.fit_with_fingers_clipped(lam, cfg.xmin_rule, max_fingers=cfg.max_fingers,
+                                          finger_thresh=cfg.finger_thresh, **fit_kw)
+        row.update(num_fingers=fit.num_fingers, raw_alpha=fit.raw_alpha)
+    else:
+        fit = PL.fit_power_law(lam, cfg.xmin_rule, **fit_kw)
+    row.update(alpha=fit.alpha, xmin=fit.xmin, xmax=fit.xmax, D=fit.D, sigma=fit.sigma, n_tail=fit.n_tail,
+               status=fit.status, reason=fit.reason)
+    row.update(M.norm_metrics(lam, fit.alpha))
+    total = top.trace * p.scale
+    lmax = float(lam[-1])
+    row.update(norm=total, log_norm=math.log10(total) if total > 0 else math.nan,
+               stable_rank=total / lmax if lmax > 0 else math.nan, entropy=math.nan)
+    if np.isfinite(row["log_alpha_norm"]):
+        # log10 of a bound on the uncomputed eigenvalues' share of sum(lambda^alpha)
+        bound = math.log10(max(side - k, 1)) + fit.alpha * math.log10(cfg.threshold)
+        if bound > row["log_alpha_norm"] - 12:
+            row["log_alpha_norm"] = math.nan
+    if cfg.tpl and fit.ok:
+        t = PL.fit_truncated_power_law(lam, fit.xmin, threshold=cfg.threshold)
+        row.update(tpl_alpha=t["alpha"], Lambda=t["Lambda"])
+    if cfg.gof and fit.ok:
+        row["gof_p"] = PL.bootstrap_pvalue(lam, fit, n_boot=cfg.n_boot, seed=cfg.seed, **fit_kw)
+        for alt in ("lognormal", "exponential"):
+            R, pv = PL.likelihood_ratio(lam, fit, alt)
+            row[f"lr_{alt}"] = R
+            row[f"lr_{alt}_p"] = pv
+    return True
 
 
 def _entries(source: Any, *, base: Any, lora: bool, allow_pickle: bool) -> Iterable[TensorEntry]:

@@ -12,7 +12,7 @@ TABLE_COLUMNS = ("name", "kind", "N", "M", "num_evals", "status", "alpha", "xmin
                  "log_spectral_norm", "stable_rank", "time_s")
 #: analyze's own flags that are AnalysisConfig fields (``--set`` reaches every other field)
 _OPTION_ARGS = ("kinds", "xmin_rule", "xmin_pos", "fingers", "tpl", "gof", "mp_fit", "randomize", "seed",
-                "min_evals", "device", "precision", "workers")
+                "min_evals", "device", "precision", "workers", "estimator", "detx")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="goodness of fit: bootstrap p-value, likelihood ratios vs lognormal/exponential")
     a.add_argument("--mp-fit", action="store_true", default=None, help="Marchenko-Pastur bulk fit and spikes")
     a.add_argument("--randomize", action="store_true", default=None, help="compare with the shuffled-weights ESD")
+    a.add_argument("--estimator", choices=["plain", "farms"], default=None,
+                   help="farms: fit the pooled ESD of fixed-aspect-ratio windows (FARMS; --set farms_rows=, "
+                        "farms_q=, farms_windows=, farms_stride=); default plain")
+    a.add_argument("--detx", action="store_true", default=None,
+                   help="detX / ERG condition columns (detx_num, detx_xmin, detx_delta, detx_log_ratio)")
     C.add_seed(a, default=None, help="seed for every random step (default 0)")
     a.add_argument("--min-evals", type=C.nonneg_int, default=None)
     a.add_argument("--device", type=C.device, default=None, help="cpu (default), cuda, cuda:N or auto")
@@ -74,13 +79,14 @@ def _register_engine(sub: argparse._SubParsersAction) -> None:
 
 def _format_table(df, all_columns: bool) -> str:
     import pandas as pd
+    from pandas.api.types import is_object_dtype, is_string_dtype
 
     from htsr.io import safe_text
 
     cols = list(df.columns) if all_columns else [c for c in TABLE_COLUMNS if c in df.columns]
     view = df[cols].copy()
     for c in view.columns:
-        if view[c].dtype == object:
+        if is_object_dtype(view[c]) or is_string_dtype(view[c]):  # pandas 3 infers a str dtype, not object
             view[c] = view[c].map(lambda v: safe_text(v) if isinstance(v, str) else v)
     with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200,
                            "display.float_format", lambda v: f"{v:.4g}"):
@@ -142,5 +148,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         C.say(f"wrote {len(paths)} plot(s) to {args.plot}")
     if summary["n_rows"] == 0:
         raise MeasurementError("no weight matrices found in the source")
+    errors = [r for r in result.rows if r["status"] == "error"]
+    if errors and not any(r["status"] in ("success", "failed") for r in result.rows):
+        raise MeasurementError(f"no layer could be analysed: {len(errors)} row(s) are errors, the rest skipped "
+                               f"(first: {errors[0]['name']}: {errors[0]['reason']})")
     sys.stdout.flush()
     return 0

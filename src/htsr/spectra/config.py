@@ -32,11 +32,19 @@ class AnalysisConfig(Config):
     Estimator: ``estimator`` ("plain": the ESD of each whole matrix; "farms": the pooled ESD of fixed-aspect-ratio
     windows, :mod:`htsr.spectra.farms`, with ``farms_rows`` (window rows; None: half the smaller side),
     ``farms_q`` (window columns / rows; 1 = square), ``farms_windows`` (windows per side) or ``farms_stride``).
-    The fit (alpha, xmin, D, ...) uses the FARMS ESD; norms and ranks stay those of the whole matrix.
+    The fit (alpha, xmin, D, ...) uses the FARMS ESD (also what ``Analysis.evals`` holds and plots draw); norms,
+    ranks, MP fit and detX stay those of the whole matrix.
     ``detx`` adds WeightWatcher's detX / SETOL ERG condition columns (:func:`htsr.spectra.detx.detx`).
     Compute: ``device`` (cpu | cuda | auto), ``precision`` (auto | float32 | float64),
     ``eig_method`` (gram | svd), ``workers`` (layers processed concurrently on CPU, each
     with single-threaded BLAS; 0 = one per core, at most 4). Results do not depend on it.
+    Tail-only spectrum (off by default): ``tail_only`` computes only the top ``tail_fraction``
+    of the eigenvalues of matrices whose smaller side is at least ``tail_min_side`` (float64
+    block Krylov, :func:`htsr.spectra.eigen.top_eigenvalues`) and keeps them when the exact
+    trace proves that every other eigenvalue is at most ``threshold`` (numerically low-rank
+    matrices: LoRA products, deltas); the fit is then the full spectrum's. Otherwise the row is
+    solved in full. Rows then carry ``spectrum`` (tail | full), ``spectrum_k`` and
+    ``spectrum_note`` (why a row was solved in full).
     """
 
     preset: str = "htsr"
@@ -67,6 +75,9 @@ class AnalysisConfig(Config):
     precision: str = "auto"
     eig_method: str = "gram"
     workers: int = 0
+    tail_only: bool = False
+    tail_min_side: int = 2048
+    tail_fraction: float = 0.125
     layers: tuple[str, ...] = field(default_factory=tuple)
     exclude: tuple[str, ...] = field(default_factory=tuple)
     estimator: str = "plain"
@@ -86,6 +97,7 @@ class AnalysisConfig(Config):
             raise ConfigError(f"unknown layer kind(s) {bad}; expected some of {', '.join(KINDS)}")
         if self.conv_groups not in ("blockdiag", "stacked"):
             raise ConfigError(f"unknown conv_groups {self.conv_groups!r}; expected 'blockdiag' or 'stacked'")
+        _check_device(self.device)
         if self.precision not in ("auto", "float32", "float64"):
             raise ConfigError(f"unknown precision {self.precision!r}; expected auto, float32 or float64")
         if self.eig_method not in ("gram", "svd"):
@@ -118,9 +130,46 @@ class AnalysisConfig(Config):
             raise ConfigError(why)
         if self.min_evals < 0 or self.n_boot < 1:
             raise ConfigError("min_evals must be >= 0 and n_boot >= 1")
+        self._validate_tail()
+
+    def _validate_tail(self) -> None:
+        from htsr.spectra.eigen import TAIL_MIN_SIDE
+
+        if not 0 < self.tail_fraction <= 0.5:
+            raise ConfigError(f"tail_fraction must be in (0, 0.5] (the share of eigenvalues a tail-only spectrum "
+                              f"computes), got {self.tail_fraction}")
+        if self.tail_min_side < TAIL_MIN_SIDE:
+            raise ConfigError(f"tail_min_side must be >= {TAIL_MIN_SIDE}: smaller matrices are too small for a "
+                              f"tail-only spectrum (got {self.tail_min_side})")
+        if not self.tail_only:
+            return
+        clash = [name for name, bad in (
+            ("mp_fit (the Marchenko-Pastur fit needs the bulk)", self.mp_fit),
+            ("randomize (the shuffled matrix is full rank)", self.randomize),
+            ("eig_method='svd'", self.eig_method != "gram"),
+        ) if bad]
+        if clash:
+            raise ConfigError(f"tail_only cannot be combined with {'; '.join(clash)}")
 
     def as_dict(self) -> dict:
         return self.to_dict()
+
+
+def _check_device(device: object) -> None:
+    """cpu, auto, cuda or cuda:N, and a CUDA device only when this machine has it (before any work starts)."""
+    import re
+
+    import torch
+
+    d = str(device).strip().lower()
+    if d in ("cpu", "auto"):
+        return
+    if not re.fullmatch(r"cuda(:\d+)?", d):
+        raise ConfigError(f"unknown device {device!r}; expected cpu, cuda, cuda:N or auto")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: no CUDA device on this machine; use cpu or auto")
+    if ":" in d and int(d.split(":")[1]) >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 PRESETS: dict[str, dict] = {

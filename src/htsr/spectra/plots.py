@@ -131,7 +131,9 @@ def _short_names(names: list[str], max_chars: int = 32) -> list[str]:
 
 
 def _title(row: dict) -> str:
-    name = str(row["name"])
+    from htsr.io import safe_text
+
+    name = safe_text(row["name"])
     if len(name) > 90:
         name = "\u2026" + name[-89:]
     if row.get("status") == "success":
@@ -223,7 +225,9 @@ def plot_esd(row: dict, evals: np.ndarray, path: str | os.PathLike,
 def plot_alpha_summary(rows: list[dict], path: str | os.PathLike) -> Path:
     """Alpha per layer in row order; failed rows as red x at the bottom; 2 <= alpha <= 6 shaded."""
     n = len(rows)
-    names = _short_names([str(r["name"]) for r in rows])
+    from htsr.io import safe_text
+
+    names = _short_names([safe_text(r["name"]) for r in rows])
     alphas = np.array([_finite(r.get("alpha")) if r.get("status") == "success" else None for r in rows],
                       dtype=float)
     ok = np.isfinite(alphas)

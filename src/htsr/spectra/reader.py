@@ -194,6 +194,8 @@ class SafetensorsFile:
                     self._mm = mmap.mmap(fd, 0, access=mmap.ACCESS_COPY)
                 except (OSError, ValueError) as e:
                     raise SourceError(f"{self.path}: cannot map the file ({e})") from None
+                if len(self._mm) < size:  # shrunk since it was validated
+                    raise SourceError(f"{self.path}: the file changed while it was read")
         finally:
             os.close(fd)
 
@@ -254,12 +256,22 @@ def read_json(path: str | os.PathLike, what: str = "JSON file", max_bytes: int =
 
 
 def inside(directory: str | os.PathLike, name: str, where: str) -> Path:
-    """``directory / name`` resolved, refused unless it stays inside ``directory`` (symlinks resolved)."""
+    """``directory / name`` resolved, refused unless it stays inside ``directory``.
+
+    The name must be relative and must not climb out (``..``); after resolving symbolic links the file must still
+    be inside ``directory``, or, for a Hugging Face cache snapshot (``.../snapshots/<revision>/``), inside that
+    cache entry's ``blobs/`` folder, where the hub's own symbolic links point."""
     root = Path(directory).resolve()
-    if not name or "\x00" in name or os.path.isabs(name):
+    if not name or "\x00" in name or os.path.isabs(name) or name.startswith("\\"):
         raise SourceError(f"{where}: shard {_name(name)} must be a relative path inside {root}")
-    target = (root / name).resolve()
-    if target == root or root not in target.parents:
+    norm = os.path.normpath(name)
+    if norm in (".", "..") or norm.startswith(".." + os.sep):
+        raise SourceError(f"{where}: shard {_name(name)} lies outside the model directory {root}")
+    target = (root / norm).resolve()
+    allowed = [root]
+    if root.parent.name == "snapshots":
+        allowed.append(root.parent.parent / "blobs")
+    if target == root or not any(a in target.parents for a in allowed):
         raise SourceError(f"{where}: shard {_name(name)} lies outside the model directory {root}")
     return target
 

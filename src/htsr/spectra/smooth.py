@@ -154,16 +154,11 @@ def smooth_state_dict(state: Mapping[str, torch.Tensor], *, rule: str = "rank", 
 
 # ------------------------------------------------------------------ reading and writing checkpoints
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
+    """Every tensor and the metadata of one file, through the one validated reader."""
+    from htsr.spectra.reader import SafetensorsFile
 
-    from htsr.spectra.sources import _check_safetensors_header
-
-    _check_safetensors_header(path)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-    except Exception as e:
-        raise SourceError(f"{path}: cannot read safetensors file: {e}") from None
+    f = SafetensorsFile(path)
+    return f.state_dict(), dict(f.metadata or {})
 
 
 def _files(source: Path) -> list[Path]:

@@ -324,7 +324,81 @@ class BurgersRecipe(Recipe):
         return metrics, _details(res, tb)
 
 
-RECIPES: dict[str, type[Recipe]] = {r.name: r for r in (DigitsRecipe, MiniLMRecipe, BurgersRecipe)}
+@dataclass(frozen=True)
+class FashionRecipe(Recipe):
+    """A ResNet-18-layout network (4 stages of 2 basic blocks, widths w, 2w, 4w, 8w; 3x3 stem, global average
+    pool) from scratch on real Fashion-MNIST images (Debian package ``dataset-fashion-mnist``), sized for a 2-core
+    CPU: a fixed stratified pool of ``n_pool`` training images (the same for every cell) of which each cell takes a
+    stratified ``fraction`` (drawn with its seed), the first ``n_test`` test images. Defaults: width 8, 8 epochs
+    but at least 150 steps, batch 64, SGD lr 0.05, momentum 0.9, wd 5e-4, cosine over all steps; TempBalance as
+    the reference (linear map, s1 0.5, s2 1.5, BatchNorm paired with its conv by name) recomputed every 32 steps
+    (one epoch of the full pool, the reference's once-per-epoch cadence)."""
+
+    name: ClassVar[str] = "fashion"
+    label: ClassVar[str] = "the fashion recipe"
+    score: ClassVar[str] = "accuracy"
+    higher_is_better: ClassVar[bool] = True
+    fractions: ClassVar[tuple[float, ...]] = (1.0, 0.5, 0.1, 0.02)
+
+    width: int = 8
+    blocks: int = 2
+    n_pool: int = 2000
+    n_test: int = 2000
+    epochs: int = 8
+    min_steps: int = 150
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    mapping: str = "linear"
+    metric: str = "alpha"
+    s1: float = 0.5
+    s2: float = 1.5
+    interval: int = 32
+    _positive_ints: ClassVar[tuple[str, ...]] = ("epochs", "batch_size", "interval", "width", "blocks", "n_pool",
+                                                 "n_test")
+
+    def validate(self) -> None:
+        if self.n_pool > 60000 or self.n_test > 10000:
+            raise ConfigError(f"Fashion-MNIST has 60,000 training and 10,000 test images; got n_pool={self.n_pool}, "
+                              f"n_test={self.n_test}")
+        super().validate()
+
+    def tb_config(self) -> TempBalanceConfig:
+        return TempBalanceConfig(mapping=self.mapping, metric=self.metric, s1=self.s1, s2=self.s2,
+                                 interval=self.interval)
+
+    def _run(self, method: str, fraction: float, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        import numpy as np
+
+        from htsr.data.digits import stratified_subset
+        from htsr.data.fashion_mnist import fashion_mnist_split
+        from htsr.models.vision import SmallResNet, seeded_init
+
+        xtr, ytr, xte, yte = fashion_mnist_split(self.n_pool / 60000, seed=0, test_limit=self.n_test)
+        if fraction < 1:
+            idx = torch.from_numpy(stratified_subset(ytr.numpy(), fraction, np.random.default_rng([seed, 11])))
+            xtr, ytr = xtr[idx], ytr[idx]
+        loader = seeded_loader(xtr, ytr, self.batch_size, seed)
+        w = self.width
+        with seeded_init(seed):
+            model = SmallResNet(1, 10, widths=(w, 2 * w, 4 * w, 8 * w), blocks=(self.blocks,) * 4)
+        opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum,
+                              weight_decay=self.weight_decay)
+        epochs = epochs_for(self.epochs, self.min_steps, len(loader))
+        total = epochs * len(loader)
+
+        def base(o: torch.optim.Optimizer) -> Any:
+            return torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total)
+
+        res, tb, build = _fit(model, loader, opt, base, method=method, epochs=epochs, tb_config=self.tb_config())
+        ev = evaluate(model, [(xte, yte)])
+        metrics = {"accuracy": ev["accuracy"], "test_loss": ev["loss"], "n_train": int(ytr.numel()),
+                   **_timing(res, tb, build)}
+        return metrics, _details(res, tb)
+
+
+RECIPES: dict[str, type[Recipe]] = {r.name: r for r in (DigitsRecipe, MiniLMRecipe, BurgersRecipe, FashionRecipe)}
 
 
 # ---------------------------------------------------------------------------- helpers shared by recipes
