@@ -6,6 +6,7 @@ differences between rates and optimisers are paired; the initial measurement is 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -19,11 +20,9 @@ import pandas as pd
 
 from htsr.errors import ConfigError
 from htsr.io import atomic_write, write_json, write_table
-from htsr.progress import progress_bar
 from htsr.theory.single_index import (
     OPTIMIZERS,
     SingleIndexConfig,
-    SingleIndexRun,
     make_data,
     measure,
     onsets,
@@ -106,56 +105,85 @@ def _check_grid(optimizers: Sequence[str], lrs: Sequence[float], repeats: int) -
     return opts, rates
 
 
+@functools.lru_cache(maxsize=1)
+def _repeat_data(cfg_r: SingleIndexConfig) -> tuple[Any, Any]:
+    """One repeat's data and initial measurement, shared by its runs in this process (the runs of a repeat are
+    consecutive cells, so a worker computes them once)."""
+    data = make_data(cfg_r)
+    return data, measure(data.W0, data, cfg_r)
+
+
+def single_index_cell(repeat: int, optimizer: str, lr: float, *, base: dict[str, Any],
+                      keep_evals: tuple[int, ...] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One run of the sweep (a cell of :func:`htsr.experiments.run_sweep`, plain values only): repeat ``repeat``
+    (seed ``base.seed + repeat``), the optimiser and rate. Returns (its table row, {history, eigenvalues}); a
+    diverged run (:class:`~htsr.training.TrainingError`) is a result too: a row with its ``diverged`` reason."""
+    cfg_r = SingleIndexConfig.from_dict(base).replace(seed=int(base.get("seed", 0)) + int(repeat))
+    data, init = _repeat_data(cfg_r)
+    cfg = cfg_r.replace(optimizer=optimizer, lr=float(lr))
+    try:
+        run = run_single_index(cfg, data, keep_evals=keep_evals, init=init)
+    except TrainingError as e:
+        return {"seed": cfg.seed, "diverged": str(e)}, {"history": [], "evals": {}}
+    row: dict[str, Any] = {"seed": cfg.seed}
+    row.update({k: v for k, v in run.final.items() if k not in ("optimizer", "lr", "repeat", "seed", "status",
+                                                                  "reason")})
+    row.update(onsets(run.history))
+    row["measure_time_s"] = run.measure_time_s
+    details = {"history": run.history.to_dict(orient="records"),
+               "evals": {str(step): np.asarray(ev, dtype=float).tolist() for step, ev in run.evals.items()}}
+    return row, details
+
+
 def sweep(base: SingleIndexConfig | None = None, optimizers: Sequence[str] = OPTIMIZERS,
           lrs: Sequence[float] = LR_GRID, repeats: int = 1, *, keep_evals: Sequence[int] | None = (0, 1, -1),
-          progress: bool | None = None, on_run: Callable[[dict[str, Any]], None] | None = None) -> SweepResult:
+          progress: bool | None = None, on_run: Callable[[dict[str, Any]], None] | None = None,
+          executor: Any = None) -> SweepResult:
     """Run every (optimizer, lr, repeat) with ``base``'s other settings; repeat ``r`` uses seed ``base.seed + r``.
 
-    A run whose loss becomes non-finite is kept in ``table`` with ``status="diverged"`` and its reason. ``on_run``
-    is called with each run's table row as it finishes (for logging). ``progress``: a tqdm bar over runs (default:
-    when stderr is a terminal).
+    Each run is a cell of :func:`htsr.experiments.run_sweep` (``executor``: ``None``/``"local"`` in this process,
+    ``"ray"`` or a Ray executor). A run whose loss becomes non-finite is kept in ``table`` with
+    ``status="diverged"`` and its reason. ``on_run`` is called with each run's table row as it finishes (for
+    logging). ``progress``: a tqdm bar over runs (default: when stderr is a terminal).
     """
+    import tempfile
+
+    from htsr.experiments import ResultStore, grid, run_sweep
+
     base = base or SingleIndexConfig()
     opts, rates = _check_grid(optimizers, lrs, repeats)
-    bar = progress_bar(progress, total=repeats * len(opts) * len(rates), desc="single-index", unit="run")
+    keep = None if keep_evals is None else tuple(int(k) for k in keep_evals)
+    fn = functools.partial(single_index_cell, base=base.to_dict(), keep_evals=keep)
+    cells = grid(repeat=list(range(repeats)), optimizer=list(opts), lr=list(rates))
     t0 = time.perf_counter()
     histories, rows, evals = [], [], {}
-    try:
-        for r in range(repeats):
-            cfg_r = base.replace(seed=base.seed + r)
-            data = make_data(cfg_r)
-            init = measure(data.W0, data, cfg_r)
-            for opt in opts:
-                for lr in rates:
-                    cfg = cfg_r.replace(optimizer=opt, lr=lr)
-                    t = time.perf_counter()
-                    try:
-                        run: SingleIndexRun | None = run_single_index(cfg, data, keep_evals=keep_evals, init=init)
-                        status, reason = "ok", ""
-                    except TrainingError as e:
-                        run, status, reason = None, "diverged", str(e)
-                    row: dict[str, Any] = {"optimizer": opt, "lr": lr, "repeat": r, "seed": cfg.seed,
-                                           "status": status, "reason": reason}
-                    if run is not None:
-                        h = run.history.copy()
-                        h.insert(2, "repeat", r)
-                        histories.append(h)
-                        final = {k: v for k, v in run.final.items() if k not in row}
-                        row.update(final)
-                        row.update(onsets(run.history))
-                        row["measure_time_s"] = run.measure_time_s
-                        evals[(opt, lr, r)] = run.evals
-                    row["time_s"] = time.perf_counter() - t
-                    rows.append(row)
-                    if on_run is not None:
-                        on_run(row)
-                    if bar is not None:
-                        bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
+
+    with tempfile.TemporaryDirectory(prefix="htsr-single-index-") as tmp:
+        store = ResultStore(tmp)
+
+        def record(r: dict[str, Any]) -> None:
+            opt, lr, rep = r["optimizer"], float(r["lr"]), int(r["repeat"])
+            row: dict[str, Any] = {"optimizer": opt, "lr": lr, "repeat": rep, "seed": base.seed + rep}
+            if r.get("status") == "ok" and isinstance(r.get("diverged"), str):
+                row.update(status="diverged", reason=r["diverged"])
+            elif r.get("status") == "ok":
+                row.update(status="ok", reason="")
+                row.update({k: v for k, v in r.items() if k not in ("key", "status", "wall_s", *row)})
+                d = store.details(r["key"])
+                h = pd.DataFrame(d["history"])
+                h.insert(2, "repeat", rep)
+                histories.append(h)
+                evals[(opt, lr, rep)] = {int(k): np.asarray(v) for k, v in d["evals"].items()}
+            else:
+                row.update(status="error", reason=str(r.get("error", "")))
+            row["time_s"] = r.get("wall_s", math.nan)
+            rows.append(row)
+            if on_run is not None:
+                on_run(row)
+
+        run_sweep(fn, cells, store, executor=executor, progress=progress, on_row=record)
     history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
     return SweepResult(base, opts, rates, repeats, history, pd.DataFrame(rows), evals, time.perf_counter() - t0)
 
 
-__all__ = ["LR_GRID", "SCHEMA", "SweepResult", "sweep"]
+__all__ = ["LR_GRID", "SCHEMA", "SweepResult", "single_index_cell", "sweep"]
