@@ -208,8 +208,8 @@ class MoLoraModel(nn.Module):
     def from_pretrained(cls, model: nn.Module, directory: str | Path, *, trainable: bool = False) -> MoLoraModel:
         """Inject the adapters saved in ``directory`` into ``model`` (the same base model) and load their weights;
         a missing layer or a shape mismatch is a :class:`LoraError` and leaves ``model`` unchanged."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from htsr.errors import SourceError
+        from htsr.spectra.reader import read_safetensors
 
         d = Path(directory)
         cfg_path, w_path = d / CONFIG_NAME, d / WEIGHTS_NAME
@@ -225,8 +225,8 @@ class MoLoraModel(nn.Module):
         fields = {k: doc[k] for k in MoLoraConfig.field_names() if k in doc}
         config = MoLoraConfig.from_dict({**fields, "init_lora_weights": True})
         try:
-            tensors = load_file(str(w_path))
-        except (SafetensorError, OSError) as e:
+            tensors = read_safetensors(w_path)  # the one validated reader
+        except (SourceError, OSError) as e:
             raise LoraError(f"{w_path} cannot be read ({e})") from None
         try:
             wrapped = cls(model, config)

@@ -141,6 +141,9 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[nn.Module, ByteTo
     if cfg.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise PhishingError(f"{d}: model type {cfg.model_type!r} has no causal-LM head in transformers; the attack "
                             "needs a causal language model (GPT-2, GPT-NeoX/Pythia, LLaMA-style, ...)")
+    from htsr.spectra.reader import check_weights_dir
+
+    check_weights_dir(d)  # every shard validated (and kept inside the directory) before transformers reads it
     with quiet_hf():
         model = AutoModelForCausalLM.from_pretrained(str(d), local_files_only=True)
     check_causal(model)
@@ -236,6 +239,9 @@ def pretrain_small_lm(cfg: PretrainConfig, cache_dir: str | Path, device: str = 
         except (OSError, ValueError):
             info = {}
         if info.get("config") == cfg.to_dict():
+            from htsr.spectra.reader import check_weights_dir
+
+            check_weights_dir(d)
             with quiet_hf():
                 model = GPT2LMHeadModel.from_pretrained(str(d), local_files_only=True)
             return model.to(device), tok, info
