@@ -200,8 +200,29 @@ def test_every_sweep_command_offers_the_executor_choice(capsys):
     from htsr.cli.main import main
 
     for cmd in (["tempbalance", "compare"], ["tinymem", "compare"], ["sharpbalance", "compare"],
-                ["mdtree", "population"], ["analyze"]):
+                ["mdtree", "population"], ["analyze"],
+                ["theory", "single-index"], ["regimes", "sweep"], ["phish", "sweep"], ["lora", "train"]):
         with pytest.raises(SystemExit):
             main([*cmd, "--help"])
         text = capsys.readouterr().out
         assert "--executor" in text and "--ray-address" in text, cmd
+
+
+def test_single_index_sweep_on_ray_gives_the_local_tables(local_ray):
+    """The single-index study's runs are sweep cells too: on Ray, the same tables and kept eigenvalues."""
+    import numpy as np
+
+    from htsr.theory.single_index import SingleIndexConfig
+    from htsr.theory.sweep import sweep
+
+    tiny = SingleIndexConfig(n=200, n_test=50, d=40, h=60, steps=3)
+    local = sweep(tiny, ("gd", "adam"), (0.01, 1.0), repeats=2, progress=False)
+    remote = sweep(tiny, ("gd", "adam"), (0.01, 1.0), repeats=2, progress=False, executor=RayExecutor())
+    drop = ["time_s", "measure_time_s"]
+    pd.testing.assert_frame_equal(local.table.drop(columns=drop), remote.table.drop(columns=drop))
+    pd.testing.assert_frame_equal(local.history.drop(columns=[c for c in local.history if "time" in c]),
+                                  remote.history.drop(columns=[c for c in remote.history if "time" in c]))
+    assert local.evals.keys() == remote.evals.keys()
+    for k in local.evals:
+        for step in local.evals[k]:
+            np.testing.assert_array_equal(local.evals[k][step], remote.evals[k][step])

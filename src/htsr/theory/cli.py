@@ -70,6 +70,7 @@ def register(subparsers: Any) -> None:
     C.add_json(p)
     C.add_progress(p)
     C.add_threads(p)
+    C.add_executor(p)
     p.set_defaults(func=cmd_single_index)
 
 
@@ -124,7 +125,9 @@ def cmd_single_index(args: argparse.Namespace) -> int:
     if args.out_dir:
         check_replace_dir(args.out_dir, overwrite=args.overwrite)
     t0 = time.perf_counter()
-    res = sweep(base, args.optimizers, args.lrs or LR_GRID, args.repeats, progress=args.progress)
+    with C.executor_from_args(args) as executor:
+        res = sweep(base, args.optimizers, args.lrs or LR_GRID, args.repeats, progress=args.progress,
+                    executor=executor)
     wall = time.perf_counter() - t0
     summary = res.summary()
     bad = res.table[res.table["status"] != "ok"]

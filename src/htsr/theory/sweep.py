@@ -182,6 +182,10 @@ def sweep(base: SingleIndexConfig | None = None, optimizers: Sequence[str] = OPT
                 on_run(row)
 
         run_sweep(fn, cells, store, executor=executor, progress=progress, on_row=record)
+    # cells finish in any order on a parallel executor: tables in grid order (repeat, optimizer, rate)
+    order = {(c.params["repeat"], c.params["optimizer"], float(c.params["lr"])): i for i, c in enumerate(cells)}
+    rows.sort(key=lambda r: order[(r["repeat"], r["optimizer"], r["lr"])])
+    histories.sort(key=lambda h: order[(int(h["repeat"].iloc[0]), h["optimizer"].iloc[0], float(h["lr"].iloc[0]))])
     history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame()
     return SweepResult(base, opts, rates, repeats, history, pd.DataFrame(rows), evals, time.perf_counter() - t0)
 
