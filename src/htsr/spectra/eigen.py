@@ -30,8 +30,10 @@ AUTO_FP64_MAX_DIM = 2048
 #: (``?syevd_2stage``, eigenvalues only), keyed by the item size (8: float64, 4: float32).
 #: Measured on the 2-core VM, one BLAS thread, under load: float64 2048: 0.63 s vs 0.92 s for
 #: syevr, 4096: 4.5 s vs 9.5 s; float32 4096: 2.7 s vs 3.5 s, but 2048: 0.40 s vs 0.28 s.
-#: The eigenvalues agree with syevr's to ~1e-15 of the largest (float64).
-TWO_STAGE_MIN_DIM = {8: 2048, 4: 4096}
+#: The eigenvalues agree with syevr's to ~1e-15 of the largest (float64). float32 stays on syevr: with the
+#: 2 BLAS threads large tensors run with, syevr took 1.64 s and two-stage 2.30 s at 4096 (quiet machine;
+#: float64 two-stage still won, 2.98 s vs 3.31 s). A key absent here means "never".
+TWO_STAGE_MIN_DIM = {8: 2048}
 
 
 class NonFiniteError(ValueError):
@@ -207,7 +209,8 @@ def _cpu_eigvalsh(w: np.ndarray) -> np.ndarray:
     # a NaN/Inf weight makes its column's squared norm (a diagonal entry) non-finite
     if not np.isfinite(np.diagonal(g)).all():
         raise NonFiniteError("non-finite values in the matrix (or its Gram matrix overflows)")
-    two = _two_stage(g.dtype) if g.shape[0] >= TWO_STAGE_MIN_DIM[g.dtype.itemsize] else None
+    lim = TWO_STAGE_MIN_DIM.get(g.dtype.itemsize)
+    two = _two_stage(g.dtype) if lim is not None and g.shape[0] >= lim else None
     if two is not None:
         lam = two(g)
     elif g.shape[0] >= 1024:
