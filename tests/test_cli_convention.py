@@ -59,3 +59,21 @@ def test_help_renders_and_shared_options_follow_the_convention(path):
             assert a.type is C.device, f"{path}: --device must be checked against the machine (add_device)"
         if "--plot" in opts:
             assert a.type is C.out_dir or getattr(a.type, "__name__", "") == "file", f"{path}: --plot via add_plot"
+
+
+def test_command_map_matches_discovery():
+    """``htsr CMD`` builds only CMD's package parser; the static map must name every discovered command's package."""
+    import argparse
+    import importlib
+
+    from htsr.cli.main import COMMANDS, build_parser, command_packages
+
+    found = {}
+    for n in command_packages():
+        p = argparse.ArgumentParser()
+        sub = p.add_subparsers()
+        importlib.import_module(f"htsr.{n}.cli").register(sub)
+        found.update({c: n for c in sub.choices})
+    assert COMMANDS == found
+    sub = next(a for a in build_parser("report")._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == ["report"]

@@ -41,14 +41,32 @@ def command_packages() -> list[str]:
     return sorted(found, key=lambda n: (n not in FIRST, FIRST.index(n) if n in FIRST else 0, n))
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Which package registers each top-level command, so that ``htsr CMD ...`` imports only that package's CLI (start-up
+#: of a few tenths of a second instead of importing every method); ``tests/test_cli_convention.py`` checks it
+#: against the full discovery, so a new command that is missing here still works (through the full parser).
+COMMANDS: dict[str, str] = {
+    "analyze": "spectra", "describe": "spectra", "smooth": "spectra", "mdtree": "diagnosis",
+    "sharpbalance": "ensembles", "landscape": "landscape", "lora": "lora", "tinymem": "memorization",
+    "phish": "phishing", "prune": "pruning", "perplexity": "pruning", "regimes": "regimes", "report": "report",
+    "tempbalance": "tempbalance", "theory": "theory",
+}
+
+
+def _command_of(argv: Sequence[str] | None) -> str | None:
+    """The package of the command ``argv`` names (its first argument), when known; None otherwise."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return COMMANDS.get(args[0]) if args and not args[0].startswith("-") else None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``htsr`` parser: every package's commands, or only package ``only``'s (what one command needs)."""
     p = argparse.ArgumentParser(prog="htsr", description="Heavy-tailed self-regularisation diagnostics and the "
                                                          "methods built on them. Exit codes: 0 ran, 1 the "
                                                          "measurement failed, 2 bad usage or input, 70 a bug, "
                                                          "130 interrupted.")
     p.add_argument("--version", action="version", version=f"htsr {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in command_packages():
+    for name in [only] if only else command_packages():
         importlib.import_module(f"htsr.{name}.cli").register(sub)
     return p
 
@@ -92,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        parser = build_parser()
+        parser = build_parser(_command_of(argv))
         args = parser.parse_args(argv)
     except KeyboardInterrupt:
         print("\nhtsr: interrupted", file=sys.stderr)
