@@ -215,6 +215,34 @@ def add_out(p: argparse.ArgumentParser, formats: Sequence[str], help: str, *, re
                    help=f"{help} ({', '.join(formats)}{'; repeatable' if repeatable else ''})", **kw)
 
 
+def analysis_options(args: argparse.Namespace, keys: Sequence[str] = ()) -> dict[str, Any]:
+    """The analysis options a spectra command's flags give (``keys`` copied when set, ``--set`` overrides, layer
+    selection flags): one mapping from flags to :class:`~htsr.spectra.config.AnalysisConfig` fields."""
+    opts = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    opts.update(overrides(args))
+    if args.layers:
+        opts["layers"] = args.layers
+    if args.exclude:
+        opts["exclude"] = args.exclude
+    if args.embeddings:
+        opts["include_embeddings"] = True
+    if args.split_qkv:
+        opts["split_qkv"] = True
+    return opts
+
+
+def write_out(path: str | os.PathLike, table: Any, doc: Any = None) -> None:
+    """Write a command's ``-o/--out`` result: ``doc`` (default: the table's records) when ``path`` ends in
+    ``.json``, else ``table`` (its extension picks CSV or Parquet); atomic, then say so."""
+    from htsr.io import write_json, write_table
+
+    if str(path).lower().endswith(".json"):
+        write_json(path, table.to_dict(orient="records") if doc is None else doc)
+    else:
+        write_table(path, table)
+    say(f"wrote {path}")
+
+
 def add_out_dir(p: argparse.ArgumentParser, help: str, *, required: bool = True, overwrite: bool = True) -> None:
     """``--out-dir DIR`` (and ``--overwrite``: replace a previous htsr output, never anything else)."""
     p.add_argument("--out-dir", type=out_dir, required=required, metavar="DIR", help=help)

@@ -228,11 +228,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     write_json(out / "compare.json", {"resume_key": key, "status": "done", "config": cfg.to_dict(),
                                       "methods": methods, "seeds": seeds})
     if args.out:
-        if str(args.out).lower().endswith(".json"):
-            write_json(args.out, summary.to_dict(orient="records"))
-        else:
-            write_table(args.out, summary)
-        C.say(f"wrote {args.out}")
+        C.write_out(args.out, summary)
     if args.plot:
         from htsr.ensembles.plots import plot_comparison
 

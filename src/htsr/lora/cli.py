@@ -234,11 +234,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     write_json(out / "lora.json", {"resume_key": key, "status": "done", "config": cfg.to_dict(),
                                    "variants": variants, "tasks": list(args.tasks), "seeds": seeds})
     if args.out:
-        if str(args.out).lower().endswith(".json"):
-            write_json(args.out, summary.to_dict(orient="records"))
-        else:
-            write_table(args.out, summary)
-        C.say(f"wrote {args.out}")
+        C.write_out(args.out, summary)
     failed = int((table["status"] != "ok").sum())
     if args.json:
         C.print_json({"summary": summary.to_dict(orient="records"), "failed_runs": failed})

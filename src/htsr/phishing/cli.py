@@ -154,11 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     write_json(out / "run.json", doc)
     write_table(out / "attacks.csv", pd.DataFrame(_attack_rows(r)))
     if args.out:
-        if str(args.out).lower().endswith(".json"):
-            write_json(args.out, doc)
-        else:
-            write_table(args.out, pd.DataFrame(_attack_rows(r)))
-        C.say(f"wrote {args.out}")
+        C.write_out(args.out, pd.DataFrame(_attack_rows(r)), doc)
     head = {k: r[k] for k in ("ser_exact", "ser_random", "ser_any", "ser_exact_last", "ser_random_last",
                               "ser_any_last", "num_secrets", "steps", "wall_s")}
     if args.json:
@@ -198,11 +194,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     write_json(out / "sweep.json", {"resume_key": key, "status": "done", "config": cfg.to_dict(), "axes": axes,
                                     "seeds": sorted(set(args.seeds)), "design": args.design, "model_info": minfo})
     if args.out:
-        if str(args.out).lower().endswith(".json"):
-            write_json(args.out, summary.to_dict(orient="records"))
-        else:
-            write_table(args.out, summary)
-        C.say(f"wrote {args.out}")
+        C.write_out(args.out, summary)
     if args.plot:
         from htsr.phishing.plots import plot_summary
 
@@ -223,7 +215,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_defend(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from htsr.io import write_json, write_table
+    from htsr.io import write_json
     from htsr.phishing.attack import run_phish
     from htsr.phishing.config import DefendConfig
     from htsr.phishing.defend import defend
@@ -245,11 +237,7 @@ def cmd_defend(args: argparse.Namespace) -> int:
     rows += [{"method": m["method"], **{k: m[k] for k in keep}, "n_changed": m["n_changed"]} for m in d["methods"]]
     table = pd.DataFrame(rows)
     if args.out:
-        if str(args.out).lower().endswith(".json"):
-            write_json(args.out, doc)
-        else:
-            write_table(args.out, table)
-        C.say(f"wrote {args.out}")
+        C.write_out(args.out, table, doc)
     if args.json:
         C.print_json({"forget_secrets": d["forget_secrets"], "rows": rows})
     else:

@@ -243,7 +243,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from htsr.io import check_not_input, write_json, write_table
+    from htsr.io import check_not_input
     from htsr.regimes.classify import aggregate, classify
 
     if args.out:
@@ -252,11 +252,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     cut = _cutoffs(args, table)
     df = classify(aggregate(table, args.knob), cut)
     if args.out:
-        if str(args.out).lower().endswith(".json"):
-            write_json(args.out, {"cutoffs": cut.to_dict(), "phase": df.to_dict(orient="records")})
-        else:
-            write_table(args.out, df)
-        C.say(f"wrote {args.out}")
+        C.write_out(args.out, df, {"cutoffs": cut.to_dict(), "phase": df.to_dict(orient="records")})
     if args.json:
         C.print_json({"cutoffs": cut.to_dict(), "phase": df.to_dict(orient="records")})
     else:
@@ -282,7 +278,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_advise(args: argparse.Namespace) -> int:
-    from htsr.io import check_not_input, write_json, write_table
+    from htsr.io import check_not_input
 
     if args.out:
         check_not_input(args.out, [args.results])
@@ -290,11 +286,7 @@ def cmd_advise(args: argparse.Namespace) -> int:
     res = analyse(table, _cutoffs(args, table), args.knob)
     summary = _summary(res)
     if args.out:
-        if str(args.out).lower().endswith(".json"):
-            write_json(args.out, {**summary, "phase": res["phase"].to_dict(orient="records")})
-        else:
-            write_table(args.out, res["phase"])
-        C.say(f"wrote {args.out}")
+        C.write_out(args.out, res["phase"], {**summary, "phase": res["phase"].to_dict(orient="records")})
     if args.json:
         C.print_json({**summary, "phase": res["phase"].to_dict(orient="records")})
         return 0

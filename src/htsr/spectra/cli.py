@@ -115,16 +115,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     inputs = input_paths(args.source, args.base)
     for out in [*args.out, *([args.plot] if args.plot else [])]:
         check_not_input(out, inputs)
-    opts = {k: getattr(args, k) for k in _OPTION_ARGS if getattr(args, k) is not None}
-    opts.update(C.overrides(args))
-    if args.layers:
-        opts["layers"] = args.layers
-    if args.exclude:
-        opts["exclude"] = args.exclude
-    if args.embeddings:
-        opts["include_embeddings"] = True
-    if args.split_qkv:
-        opts["split_qkv"] = True
+    opts = C.analysis_options(args, _OPTION_ARGS)
     source = example_path(args.example) if args.example else args.source
     with C.executor_from_args(args) as executor:
         result = analyze(source, args.preset, base=args.base, lora=args.lora, allow_pickle=args.allow_pickle,

@@ -34,17 +34,7 @@ def _add_selection(a: argparse.ArgumentParser) -> None:
 
 
 def _options(args: argparse.Namespace) -> dict:
-    opts = {k: getattr(args, k) for k in ("kinds", "min_evals") if getattr(args, k) is not None}
-    opts.update(C.overrides(args))
-    if args.layers:
-        opts["layers"] = args.layers
-    if args.exclude:
-        opts["exclude"] = args.exclude
-    if args.embeddings:
-        opts["include_embeddings"] = True
-    if args.split_qkv:
-        opts["split_qkv"] = True
-    return opts
+    return C.analysis_options(args, ("kinds", "min_evals"))
 
 
 def _source(args: argparse.Namespace):

@@ -85,6 +85,26 @@ def _timing(res: Any, tb: TempBalance | None, build_s: float) -> dict[str, float
             "tb_updates": tb.n_updates if tb is not None else 0, "steps": res.state.step}
 
 
+def _image_cell(r: Any, model: nn.Module, data: tuple, method: str, seed: int
+                ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The image recipes' cell: SGD (the recipe's lr, momentum, weight decay) with cosine over every step, the
+    baseline or TempBalance, then test accuracy and loss."""
+    xtr, ytr, xte, yte = data
+    loader = seeded_loader(xtr, ytr, r.batch_size, seed)
+    opt = torch.optim.SGD(model.parameters(), lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
+    epochs = epochs_for(r.epochs, r.min_steps, len(loader))
+    total = epochs * len(loader)
+
+    def base(o: torch.optim.Optimizer) -> Any:
+        return torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total)
+
+    res, tb, build = _fit(model, loader, opt, base, method=method, epochs=epochs, tb_config=r.tb_config())
+    ev = evaluate(model, [(xte, yte)])
+    metrics = {"accuracy": ev["accuracy"], "test_loss": ev["loss"], "n_train": int(ytr.numel()),
+               **_timing(res, tb, build)}
+    return metrics, _details(res, tb)
+
+
 @dataclass(frozen=True)
 class Recipe(Config):
     """Base of the recipes: ``name``, ``score`` (the metric compared), ``higher_is_better``, ``fractions``; the
@@ -171,21 +191,8 @@ class DigitsRecipe(Recipe):
         from htsr.models.vision import make_vision_model
 
         xtr, ytr, xte, yte = digits_split(fraction, seed, test_size=self.test_size)
-        loader = seeded_loader(xtr, ytr, self.batch_size, seed)
-        model = make_vision_model(self.arch, width=self.width, seed=seed)
-        opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum,
-                              weight_decay=self.weight_decay)
-        epochs = epochs_for(self.epochs, self.min_steps, len(loader))
-        total = epochs * len(loader)
-
-        def base(o: torch.optim.Optimizer) -> Any:
-            return torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total)
-
-        res, tb, build = _fit(model, loader, opt, base, method=method, epochs=epochs, tb_config=self.tb_config())
-        ev = evaluate(model, [(xte, yte)])
-        metrics = {"accuracy": ev["accuracy"], "test_loss": ev["loss"], "n_train": int(ytr.numel()),
-                   **_timing(res, tb, build)}
-        return metrics, _details(res, tb)
+        return _image_cell(self, make_vision_model(self.arch, width=self.width, seed=seed), (xtr, ytr, xte, yte),
+                           method, seed)
 
 
 @dataclass(frozen=True)
@@ -379,23 +386,10 @@ class FashionRecipe(Recipe):
         if fraction < 1:
             idx = torch.from_numpy(stratified_subset(ytr.numpy(), fraction, np.random.default_rng([seed, 11])))
             xtr, ytr = xtr[idx], ytr[idx]
-        loader = seeded_loader(xtr, ytr, self.batch_size, seed)
         w = self.width
         with seeded_init(seed):
             model = SmallResNet(1, 10, widths=(w, 2 * w, 4 * w, 8 * w), blocks=(self.blocks,) * 4)
-        opt = torch.optim.SGD(model.parameters(), lr=self.lr, momentum=self.momentum,
-                              weight_decay=self.weight_decay)
-        epochs = epochs_for(self.epochs, self.min_steps, len(loader))
-        total = epochs * len(loader)
-
-        def base(o: torch.optim.Optimizer) -> Any:
-            return torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=total)
-
-        res, tb, build = _fit(model, loader, opt, base, method=method, epochs=epochs, tb_config=self.tb_config())
-        ev = evaluate(model, [(xte, yte)])
-        metrics = {"accuracy": ev["accuracy"], "test_loss": ev["loss"], "n_train": int(ytr.numel()),
-                   **_timing(res, tb, build)}
-        return metrics, _details(res, tb)
+        return _image_cell(self, model, (xtr, ytr, xte, yte), method, seed)
 
 
 RECIPES: dict[str, type[Recipe]] = {r.name: r for r in (DigitsRecipe, MiniLMRecipe, BurgersRecipe, FashionRecipe)}
