@@ -219,6 +219,40 @@ def solver_check(width: int = HIDDEN, repeats: int = 1) -> list[dict]:
     return out
 
 
+def floor_check(hidden: int = HIDDEN, inter: int = INTER, repeats: int = 1) -> list[dict]:
+    """The work no full-spectrum analysis avoids, per LLaMA shape, with library default threads (how htsr solves
+    large tensors): bf16 -> float32, the Gram product (BLAS ssyrk, as htsr) and the float32 dense solve htsr uses
+    (syevr); seconds per matrix (best of ``repeats``) and the 7B sum (x 128 / 64 / 32)."""
+    import numpy as np
+    import torch
+    from scipy.linalg import eigh
+
+    import htsr.spectra.eigen as E
+
+    g = torch.Generator().manual_seed(0)
+    counts = shape_counts(N_BLOCKS_7B, hidden, inter)
+    out = []
+    for key in counts:
+        shape = tuple(int(v) for v in key.split("x"))
+        w16 = (torch.randn(*shape, generator=g) / shape[1] ** 0.5).to(torch.bfloat16)
+        best = {"convert": float("inf"), "gram": float("inf"), "solve": float("inf")}
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            w = w16.to(torch.float32).numpy()
+            t1 = time.perf_counter()
+            gm = E._cpu_gram(w)
+            t2 = time.perf_counter()
+            eigh(np.asfortranarray(gm), lower=False, eigvals_only=True, driver="evr", check_finite=False,
+                 overwrite_a=True)
+            t3 = time.perf_counter()
+            for k, v in (("convert", t1 - t0), ("gram", t2 - t1), ("solve", t3 - t2)):
+                best[k] = min(best[k], v)
+        per = sum(best.values())
+        out.append({"shape": list(shape), "count_7b": counts[key], **{f"{k}_s": v for k, v in best.items()},
+                    "per_matrix_s": per, "total_7b_s": per * counts[key]})
+    return out
+
+
 def extrapolate(per_matrix: dict[str, float], hidden: int = HIDDEN, inter: int = INTER) -> float:
     """Seconds for the 32-block model from seconds per matrix of each shape."""
     counts = shape_counts(N_BLOCKS_7B, hidden, inter)
@@ -235,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--build-only", action="store_true", help="build (or find) the cached checkpoint and stop")
     ap.add_argument("--solver-check", action="store_true",
                     help="only time syevr vs the two-stage solver on one --hidden-wide Gram per dtype (~30 s at 4096)")
+    ap.add_argument("--floor", action="store_true",
+                    help="only time the floor (bf16 -> float32, Gram, float32 solve) per LLaMA shape (~15 s at 7B)")
     ap.add_argument("--hidden", type=int, default=HIDDEN, help="hidden size (4096 = LLaMA-7B; smaller for a smoke run)")
     ap.add_argument("--inter", type=int, default=INTER, help="MLP size (11008 = LLaMA-7B)")
     ap.add_argument("--json", help="write results to this JSON file")
@@ -250,6 +286,15 @@ def main(argv: list[str] | None = None) -> int:
                       [[r["width"], r["dtype"], C.fmt_s(r["syevr"]), C.fmt_s(r.get("two_stage", float("nan"))),
                         r["in_use"]] for r in res], title="Gram eigensolvers, library default threads")
         C.write_json(args.json, {"machine": info, "solver_check": res, "load_end": C.loadavg()})
+        return 0
+    if args.floor:
+        res = floor_check(args.hidden, args.inter, repeats=2)
+        C.print_table(["shape", "7B count", "to float32", "Gram", "solve (syevr)", "per matrix", "x count"],
+                      [[f"{r['shape'][0]}x{r['shape'][1]}", r["count_7b"], C.fmt_s(r["convert_s"]),
+                        C.fmt_s(r["gram_s"]), C.fmt_s(r["solve_s"]), C.fmt_s(r["per_matrix_s"]),
+                        C.fmt_s(r["total_7b_s"])] for r in res], title="the floor per LLaMA shape")
+        print(f"7B floor: {sum(r['total_7b_s'] for r in res):.1f} s (load at end {C.loadavg()})")
+        C.write_json(args.json, {"machine": info, "floor": res, "load_end": C.loadavg()})
         return 0
     dims = "" if (args.hidden, args.inter) == (HIDDEN, INTER) else f"-{args.hidden}x{args.inter}"
     cache = Path(args.cache or f"/tmp/htsr-llm7b-{args.blocks}b{dims}")

@@ -3,6 +3,11 @@
 (a) ``htsr.analyze(model, preset="weightwatcher")`` vs ``WeightWatcher(model).analyze()``
     with its defaults, on the same nn.Module: time ratio (target >= 4x) and the max
     |alpha diff| over layers matched by name (WW ``longname`` == htsr ``name``).
+(c) ``htsr.analyze(model)`` with the default preset vs the same WW run (target >= 8x); its alphas come from
+    another fit rule, so only the times are compared.
+(floor, ``--floor``) the float64 work the ``weightwatcher`` preset cannot skip: each matrix's Gram product and
+    its eigenvalues (``numpy`` ``a.T @ a`` and ``eigvalsh``, both releasing the GIL), the 39 matrices on
+    two threads, timed next to WW: the best speed-up any float64 implementation could reach here.
 (b) both with ``randomize=True, mp_fit=True`` (target >= 30x). htsr's randomized and MP
     metrics have their own definitions (seeded shuffle, JS distance between densities,
     closed-form MP fit), so only the times are compared; alphas are checked again.
@@ -42,7 +47,39 @@ def warmup() -> None:
     C.ww_analyze(tiny, randomize=True, mp_fit=True)
 
 
-def run_part(model, label: str, opts: dict, repeats: int, ref_repeats: int, workers: int, target: float) -> dict:
+def floor_time(model, repeats: int = 5) -> dict:
+    """Seconds (best of ``repeats``) for the float64 Gram + eigenvalues of every matrix WW fits (both sides of
+    at least 50), split over two threads (each BLAS call keeps the library's threads)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    mats = [p.detach().numpy() for _, p in model.named_parameters() if p.ndim == 2 and min(p.shape) >= 50]
+
+    def one(w):
+        a = w.astype(np.float64)
+        g = a.T @ a if a.shape[0] >= a.shape[1] else a @ a.T
+        return np.linalg.eigvalsh(g)
+
+    order = sorted(mats, key=lambda w: -w.size)
+    ts = []
+    with ThreadPoolExecutor(2) as ex:
+        for _ in range(repeats):
+            t = time.perf_counter()
+            list(ex.map(one, order))
+            ts.append(time.perf_counter() - t)
+    seq = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for w in order:
+            one(w)
+        seq.append(time.perf_counter() - t)
+    return {"matrices": len(mats), "two_threads_s": min(ts), "one_thread_loop_s": min(seq)}
+
+
+def run_part(model, label: str, opts: dict, repeats: int, ref_repeats: int, workers: int, target: float,
+             preset: str = "weightwatcher") -> dict:
     import htsr
 
     ours_t, ref_t = [], []
@@ -51,7 +88,7 @@ def run_part(model, label: str, opts: dict, repeats: int, ref_repeats: int, work
         order = ("ours", "ref") if i % 2 == 0 else ("ref", "ours")
         for side in order:
             if side == "ours" and i < repeats:
-                t, ours = C.timed(lambda: htsr.analyze(model, preset="weightwatcher", workers=workers, **opts))
+                t, ours = C.timed(lambda: htsr.analyze(model, preset=preset, workers=workers, **opts))
                 ours_t.append(t)
             elif side == "ref" and i < ref_repeats:
                 t, ref = C.timed(lambda: C.ww_analyze(model, **opts))
@@ -76,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3, help="timed runs of htsr (median reported)")
     ap.add_argument("--ref-repeats", type=int, default=3, help="timed runs of WeightWatcher")
-    ap.add_argument("--part", choices=("a", "b", "both"), default="both")
+    ap.add_argument("--part", choices=("a", "b", "c", "both", "ac"), default="both",
+                    help="a, b, c, both (= a and b), ac (= a and c)")
+    ap.add_argument("--floor", action="store_true", help="also time the float64 floor (Gram + eigenvalues)")
     ap.add_argument("--workers", type=int, default=0, help="htsr workers (0 = automatic)")
     ap.add_argument("--json", help="write results to this JSON file")
     return C.parse_and_run(ap, argv, run)
@@ -88,11 +127,15 @@ def run(args: argparse.Namespace) -> int:
     model = load_model()
     warmup()
     results = []
-    if args.part in ("a", "both"):
-        results.append(run_part(model, "a: defaults", {}, args.repeats, args.ref_repeats, args.workers, 4.0))
+    if args.part in ("a", "both", "ac"):
+        results.append(run_part(model, "a: defaults", {}, args.repeats, args.ref_repeats, args.workers, 5.0))
+    if args.part in ("c", "ac"):
+        results.append(run_part(model, "c: htsr default preset", {}, args.repeats, args.ref_repeats, args.workers,
+                                8.0, preset="htsr"))
     if args.part in ("b", "both"):
         results.append(run_part(model, "b: randomize+mp_fit", {"randomize": True, "mp_fit": True},
                                 args.repeats, args.ref_repeats, args.workers, 30.0))
+    floor = floor_time(model) if args.floor else None
     info["loadavg_end"] = C.loadavg()
 
     rows = []
@@ -108,8 +151,13 @@ def run(args: argparse.Namespace) -> int:
     for r in results:
         if r["unmatched_ref"] or r["unmatched_ours"]:
             print(f"  {r['part']}: fitted only by WW: {r['unmatched_ref']}; only by htsr: {r['unmatched_ours']}")
+    if floor:
+        ref = [r for r in results if r["part"].startswith("a")]
+        ratio = f"; WW median / floor = {ref[0]['ref_median_s'] / floor['two_threads_s']:.2f}x" if ref else ""
+        print(f"\nfloor: float64 Gram + eigvalsh of {floor['matrices']} matrices: {C.fmt_s(floor['two_threads_s'])}"
+              f" on two threads, {C.fmt_s(floor['one_thread_loop_s'])} in one loop{ratio}")
     print(f"\nload average at end: {info['loadavg_end']} (start {info['loadavg']})")
-    C.write_json(args.json, {"benchmark": "minilm", "machine": info, "results": results})
+    C.write_json(args.json, {"benchmark": "minilm", "machine": info, "results": results, "floor": floor})
     return 0
 
 

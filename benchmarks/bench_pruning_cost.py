@@ -9,6 +9,13 @@ block's error fed to the columns right of it: d^3 flops), timed on stand-in data
 Reported: median seconds over ``--repeats``, and SparseGPT / floor.
 
     python benchmarks/bench_pruning_cost.py --sizes 1024,4096 --rows 16384 --device cpu
+
+``--llama 4096,11008`` instead times one layer of each LLaMA-7B shape (q/k/v/o: 4096 -> 4096, gate/up:
+4096 -> 11008, down: 11008 -> 4096) and extrapolates pruning the 7B shape block by block as
+:func:`htsr.pruning.prune_model` does it: per block, one forward pass of the calibration rows that fills the
+layer statistics, the prune of each of its 7 layers, one forward pass with the pruned weights; x 32 blocks. Only
+the linear layers' work is timed (attention over 128-token windows, norms and the MLP's element-wise product are
+left out; on the reference's 128 x 2,048 calibration tokens every term but the prune grows 16x).
 """
 
 from __future__ import annotations
@@ -50,7 +57,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--llama", default=None, metavar="HIDDEN,INTER",
+                    help="time the LLaMA block shapes (e.g. 4096,11008) and extrapolate a 32-block model")
     a = ap.parse_args()
+    if a.llama:
+        return llama(a)
     g = torch.Generator().manual_seed(0)
     results = []
     for d in (int(s) for s in a.sizes.split(",")):
@@ -110,6 +121,60 @@ def main() -> None:
               f"{r['floor_with_sweep_s']:.4f} | {r['ratio_total_to_floor_with_sweep']:.2f}x |")
     if a.json:
         write_json(a.json, {"device": a.device, "torch": torch.__version__, "results": results})
+
+
+def llama(a) -> None:
+    """Per-shape pruning costs of a LLaMA block and the 32-block extrapolation (see the module docstring)."""
+    hidden, inter = (int(v) for v in a.llama.split(","))
+    shapes = {(hidden, hidden): 4, (inter, hidden): 2, (hidden, inter): 1}  # (out, in): layers per block
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for (dout, din), per_block in shapes.items():
+        W0 = (torch.randn(dout, din, generator=g) / din ** 0.5).to(a.device)
+        X = torch.randn(a.rows, din, generator=g).to(a.device)
+
+        def stats(hessian: bool, X=X, din=din) -> LayerStats:
+            st = LayerStats(din, hessian=hessian, device=a.device)
+            for i in range(0, a.rows, a.window):
+                st.add_batch(X[i:i + a.window].unsqueeze(0))
+            return st
+
+        def forward(X=X, W0=W0) -> None:
+            for i in range(0, a.rows, a.window):
+                X[i:i + a.window] @ W0.T
+
+        st_w, st_h = stats(False), stats(True)
+        r = {"out": dout, "in": din, "per_block": per_block,
+             "forward_s": _time(forward, a.device, a.repeats),
+             "magnitude_s": _time(lambda W0=W0: magnitude_prune(W0.clone(), 0.5), a.device, a.repeats),
+             "wanda_stats_s": _time(lambda: stats(False), a.device, a.repeats),
+             "wanda_prune_s": _time(lambda W0=W0, st=st_w: wanda_prune(W0.clone(), 0.5, st.col_sq_norm), a.device,
+                                    a.repeats),
+             "hessian_s": _time(lambda: stats(True), a.device, a.repeats),
+             "sparsegpt_prune_s": _time(lambda W0=W0, st=st_h: sparsegpt_prune(W0.clone(), 0.5, st.H), a.device,
+                                        a.repeats)}
+        del X, st_w, st_h
+        rows.append(r)
+        print(f"{dout}x{din}: " + ", ".join(f"{k} {v:.3f}" for k, v in r.items() if k.endswith("_s")), flush=True)
+    blocks = 32
+    per = {"magnitude": lambda r: r["magnitude_s"],
+           "wanda": lambda r: 2 * r["forward_s"] + r["wanda_stats_s"] + r["wanda_prune_s"],
+           "sparsegpt": lambda r: 2 * r["forward_s"] + r["hessian_s"] + r["sparsegpt_prune_s"]}
+    total = {k: blocks * sum(f(r) * r["per_block"] for r in rows) for k, f in per.items()}
+    print(f"\n{a.rows} calibration vectors, 50% unstructured, device {a.device}, torch {torch.__version__}, "
+          f"threads {torch.get_num_threads()}; 7B = {blocks} blocks, extrapolated per shape\n")
+    print("| shape (out x in) | per block | forward s | magnitude s | Wanda stats + prune s | SparseGPT Hessian + "
+          "prune s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['out']}x{r['in']} | {r['per_block']} | {r['forward_s']:.3f} | {r['magnitude_s']:.3f} | "
+              f"{r['wanda_stats_s']:.3f} + {r['wanda_prune_s']:.3f} | {r['hessian_s']:.3f} + "
+              f"{r['sparsegpt_prune_s']:.3f} |")
+    print("\n7B block by block (2 forward passes per block for Wanda/SparseGPT; magnitude needs none): " +
+          ", ".join(f"{k} {v:.0f} s ({v / 60:.1f} min)" for k, v in total.items()))
+    if a.json:
+        write_json(a.json, {"device": a.device, "torch": torch.__version__, "rows": a.rows, "llama": rows,
+                            "total_7b_s": total})
 
 
 if __name__ == "__main__":

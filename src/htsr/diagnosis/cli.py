@@ -127,7 +127,8 @@ def register(subparsers: Any) -> None:
     q.set_defaults(func=cmd_predict)
 
     pop = sub.add_parser("population", help="train and measure a small population of your own (resumable)",
-                         description="Train the digits CNN family over a grid of widths x batch sizes x data "
+                         description="Train the CNN family (digits, or Fashion-MNIST with --grid fashion) over a "
+                                     "grid of widths x batch sizes x data "
                                      "fractions x seeds with the shared training loop, measure each configuration "
                                      "(train error, Bezier connectivity peak between seeds, ln Hessian trace, CKA) "
                                      "and store one row per configuration in --out-dir. Rerunning resumes: finished "
@@ -135,8 +136,10 @@ def register(subparsers: Any) -> None:
                                      "refused.")
     C.add_out_dir(pop, "population folder (created; resumed when it holds the same configuration)")
     pop.add_argument("--grid", choices=GRIDS.names(), default=None,
-                     help="small (3 widths x 3 batch sizes x 2 fractions x 2 seeds; the default for a new folder) "
-                          "or tiny (smoke test); without --grid and --set an existing folder resumes its own")
+                     help="small (3 widths x 3 batch sizes x 2 fractions x 2 seeds; the default for a new folder), "
+                          "tiny (smoke test), fashion (96 configurations on Fashion-MNIST, 2 CPU cores), "
+                          "fashion-full (144 x 5 seeds, all 60,000 images, device=cuda) or fashion-tiny; without "
+                          "--grid and --set an existing folder resumes its own")
     C.add_set(pop, "the grid and recipe (e.g. widths=1,2,4 batch_sizes=16,64 data_fractions=0.5,1 epochs=10)")
     pop.add_argument("--max-configs", type=C.nonneg_int, default=None, metavar="N",
                      help="train at most N new configurations, then stop (rerun to continue)")

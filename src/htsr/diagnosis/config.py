@@ -12,13 +12,14 @@ scikit-learn.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from htsr.config import Config, Registry, check_choice, check_positive_int, check_range
 from htsr.errors import ConfigError
 
-__all__ = ["TASK_LABELS", "TASK_NAMES", "OWN_TASKS", "BOUNDS_MODES", "TreeConfig", "DiagnoserConfig",
+__all__ = ["TASK_LABELS", "TASK_NAMES", "OWN_TASKS", "BOUNDS_MODES", "DATASETS", "TreeConfig", "DiagnoserConfig",
            "PopulationConfig", "GRIDS"]
 
 #: The label column each task predicts (as in the MD population), by task name (``--task``, JSON ``estimator``).
@@ -70,13 +71,26 @@ class DiagnoserConfig(TreeConfig):
 
 
 _GRID_AXES = ("widths", "batch_sizes", "data_fractions")
+#: The data sets a population can be trained on (:mod:`htsr.diagnosis.family`).
+DATASETS: tuple[str, ...] = ("digits", "fashion-mnist")
+#: Recipe fields added after the first populations were stored, with the value those populations had: left out
+#: of :meth:`PopulationConfig.recipe` at that value, so the stored rows of a digits population keep their key.
+_LATER_FIELDS: dict[str, Any] = {"dataset": "digits", "pool": 0, "test_images": 0, "downsample": 1, "device": "cpu"}
 
 
 @dataclass(frozen=True)
 class PopulationConfig(Config):
     """An own population: the grid (widths x batch sizes x data fractions, each trained at every seed) and how
     each model is trained and measured. Everything but the grid is the *recipe* (:meth:`recipe`), whose hash
-    keys the stored rows."""
+    keys the stored rows.
+
+    ``dataset``: ``digits`` (scikit-learn's 1,797 8x8 digits; ``test_size``/``split_seed`` hold out the test
+    set) or ``fashion-mnist`` (the official 60,000/10,000 split; ``pool`` > 0 first draws a stratified pool of
+    that many training images with ``subset_seed``, and the data fractions are fractions of the pool;
+    ``test_images`` > 0 keeps the first that many test images; ``downsample`` 2 or 4 average-pools the 28x28
+    images to 14x14 or 7x7, which cuts the convolutions' cost by that factor squared). ``device``: where each
+    configuration is trained and measured (``cpu``, ``cuda``, ``cuda:N``); part of the recipe, since a GPU's
+    rows differ from the CPU's in the last digits."""
 
     label: ClassVar[str] = "the population"
 
@@ -101,6 +115,11 @@ class PopulationConfig(Config):
     cka: bool = True
     cka_batches: int = 6
     cka_batch_size: int = 128
+    dataset: str = "digits"
+    pool: int = 0
+    test_images: int = 0
+    downsample: int = 1
+    device: str = "cpu"
 
     def validate(self) -> None:
         from htsr.models.vision import ARCHS
@@ -130,6 +149,20 @@ class PopulationConfig(Config):
         check_range("momentum", self.momentum, 0.0, 1.0, hi_open=True)
         check_range("weight_decay", self.weight_decay, 0.0)
         check_range("test_size", self.test_size, 0.0, 1.0, lo_open=True, hi_open=True)
+        check_choice("dataset", self.dataset, DATASETS)
+        check_positive_int("pool", self.pool, minimum=0)
+        check_positive_int("test_images", self.test_images, minimum=0)
+        check_choice("downsample", self.downsample, (1, 2, 4))
+        if not (isinstance(self.device, str) and re.fullmatch(r"cpu|cuda(:\d+)?", self.device)):
+            raise ConfigError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+        if self.dataset == "digits":
+            odd = [f"{k}={getattr(self, k)}" for k in ("pool", "test_images", "downsample")
+                   if getattr(self, k) != _LATER_FIELDS[k]]
+            if odd:
+                raise ConfigError(f"{', '.join(odd)} apply to dataset=fashion-mnist only (digits uses test_size "
+                                  "and split_seed); drop them or set dataset=fashion-mnist")
+        elif self.pool:
+            check_positive_int("pool", self.pool, minimum=100)
 
     @property
     def n_configs(self) -> int:
@@ -141,6 +174,9 @@ class PopulationConfig(Config):
         d = self.to_dict()
         for k in _GRID_AXES:
             d.pop(k)
+        for k, first in _LATER_FIELDS.items():
+            if d[k] == first:
+                d.pop(k)
         return d
 
     def recipe_id(self) -> str:
@@ -152,7 +188,22 @@ class PopulationConfig(Config):
 
 #: Named grids. ``small``: 3 widths x 3 batch sizes x 2 data fractions x 2 seeds (36 trainings; about 10-15
 #: minutes on 2 CPU cores; the benchmark); ``tiny``: 2 x 2 x 1 x 2 with short training (tests, smoke runs).
+#: ``fashion``: 96 configurations on Fashion-MNIST at reduced scale for a 2-core CPU (a 2,000-image pool,
+#: 28x28 images, 2,000 test images); ``fashion-full``: the paper-scale grid (all 60,000 images at 28x28, 144
+#: configurations, 5 seeds, 40 epochs) on a GPU (``device=cuda``; ``--set device=cpu`` for a Ray cluster);
+#: ``fashion-tiny``: a smoke run.
 GRIDS: Registry[PopulationConfig] = Registry("population grid")
 GRIDS.add("small", PopulationConfig())
 GRIDS.add("tiny", PopulationConfig(widths=(1, 4), batch_sizes=(32, 256), data_fractions=(0.25,), epochs=2,
                                    curve_epochs=2, hessian_iters=20, cka_batches=2))
+GRIDS.add("fashion", PopulationConfig(dataset="fashion-mnist", pool=2000, test_images=2000,
+                                     widths=(1, 2, 4, 8), batch_sizes=(16, 32, 64, 128, 256, 512),
+                                     data_fractions=(0.125, 0.25, 0.5, 1.0), epochs=10, curve_epochs=5,
+                                     hessian_iters=50))
+GRIDS.add("fashion-full", PopulationConfig(dataset="fashion-mnist", widths=(1, 2, 4, 8, 16, 32),
+                                          batch_sizes=(16, 32, 64, 128, 256, 512),
+                                          data_fractions=(0.1, 0.2, 0.5, 1.0), seeds=(0, 1, 2, 3, 4), epochs=40,
+                                          curve_epochs=20, device="cuda"))
+GRIDS.add("fashion-tiny", PopulationConfig(dataset="fashion-mnist", pool=500, test_images=300, downsample=2,
+                                          widths=(1, 2), batch_sizes=(64,), data_fractions=(1.0,), epochs=3,
+                                          curve_epochs=1, hessian_iters=10, cka_batches=2))

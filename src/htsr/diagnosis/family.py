@@ -1,8 +1,10 @@
 """The model family of an own population: its data, its models, and reading a trained model of it back.
 
 The family is :func:`htsr.models.vision.make_vision_model` (a small BatchNorm VGG or ResNet with a width knob) on
-scikit-learn's digits (:func:`htsr.data.digits.digits_split`: a fixed stratified test set and a stratified
-training fraction drawn with ``subset_seed``, shared by every seed).
+``config.dataset``: scikit-learn's digits (:func:`htsr.data.digits.digits_split`: a fixed stratified test set and
+a stratified training fraction drawn with ``subset_seed``, shared by every seed) or Fashion-MNIST
+(:func:`fashion_data`: the official test set, a stratified pool and a stratified fraction of it, both drawn with
+``subset_seed``). The models end in global average pooling, so one family serves every image size.
 """
 
 from __future__ import annotations
@@ -13,15 +15,45 @@ from typing import Any
 from htsr.diagnosis.config import PopulationConfig
 from htsr.diagnosis.errors import DiagnosisError
 
-__all__ = ["family_data", "family_model", "load_family_model"]
+__all__ = ["family_data", "fashion_data", "family_model", "load_family_model"]
 
 
 def family_data(config: PopulationConfig, fraction: float):
     """``(x_train, y_train, x_test, y_test)``: the training subset at ``fraction`` and the fixed test set."""
+    if config.dataset == "fashion-mnist":
+        return fashion_data(config, fraction)
     from htsr.data.digits import digits_split
 
     return digits_split(fraction=float(fraction), seed=config.subset_seed, test_size=config.test_size,
                         split_seed=config.split_seed)
+
+
+def fashion_data(config: PopulationConfig, fraction: float):
+    """Fashion-MNIST for a population: a stratified pool of ``config.pool`` training images (all 60,000 when 0)
+    drawn with ``subset_seed``, then a stratified ``fraction`` of the pool (drawn with ``[subset_seed, 1]``, so
+    each fraction's images are fixed and shared by every seed); the first ``test_images`` test images (all when
+    0); images standardised with the fixed training mean/std and average-pooled by ``downsample``."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from htsr.data.digits import stratified_subset
+    from htsr.data.fashion_mnist import fashion_mnist, to_tensor
+
+    xtr, ytr, xte, yte = fashion_mnist()
+    if config.pool and config.pool < ytr.size:
+        idx = np.sort(stratified_subset(ytr, config.pool / ytr.size, np.random.default_rng(config.subset_seed)))
+        xtr, ytr = xtr[idx], ytr[idx]
+    if fraction < 1:
+        idx = np.sort(stratified_subset(ytr, float(fraction), np.random.default_rng([config.subset_seed, 1])))
+        xtr, ytr = xtr[idx], ytr[idx]
+    if config.test_images:
+        xte, yte = xte[:config.test_images], yte[:config.test_images]
+    out = []
+    for x in (xtr, xte):
+        t = to_tensor(x)
+        out.append(F.avg_pool2d(t, config.downsample) if config.downsample > 1 else t)
+    return out[0], torch.tensor(ytr, dtype=torch.int64), out[1], torch.tensor(yte, dtype=torch.int64)
 
 
 def family_model(config: PopulationConfig, width: int, seed: int):

@@ -62,11 +62,14 @@ def population_cell(width: int, bs: int, data: float, *, config: dict[str, Any],
 
     cfg = PopulationConfig.from_dict(config)
     t0 = time.perf_counter()
-    xtr, ytr, xte, yte = family_data(cfg, data)
+    dev = torch.device(cfg.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DiagnosisError(f"device={cfg.device} but CUDA is not available here; use device=cpu")
+    xtr, ytr, xte, yte = (t.to(dev) for t in family_data(cfg, data))
     model_dir = Path(models_dir) / _cell_key(width, bs, data, cfg.recipe_id()) if models_dir else None
     per_seed, models = [], []
     for seed in cfg.seeds:
-        model = family_model(cfg, width, seed)
+        model = family_model(cfg, width, seed).to(dev)
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         res = train(model, seeded_loader(xtr, ytr, bs, seed), opt, epochs=cfg.epochs, progress=False)
         model.eval()  # from here on a trained model being measured
@@ -76,12 +79,13 @@ def population_cell(width: int, bs: int, data: float, *, config: dict[str, Any],
                  test_error=100.0 * (1.0 - float(te["accuracy"])), seed=int(seed), steps=int(res.state.step))
         per_seed.append(f)
         models.append(model)
-        if model_dir is not None:
-            save_checkpoint(model_dir / f"seed{seed}", model,
+    pair = pair_features(models, xtr, ytr, cfg, seed=cfg.seeds[0])
+    if model_dir is not None:  # saved from the CPU, whatever the device
+        for seed, model, f in zip(cfg.seeds, models, per_seed, strict=True):
+            save_checkpoint(model_dir / f"seed{seed}", model.cpu(),
                             extra={"kind": "htsr.mdtree.population_model", "arch": cfg.arch, "width": int(width),
                                    "bs": int(bs), "data": float(data), "seed": int(seed),
                                    "recipe_id": cfg.recipe_id(), **f})
-    pair = pair_features(models, xtr, ytr, cfg, seed=cfg.seeds[0])
     row: dict[str, Any] = seed_features(per_seed, pair, f"width={width} bs={bs} data={data}")
     n_par = int(sum(p.numel() for p in models[0].parameters()))
     row.update(data_amount=int(xtr.shape[0]), para_amount=n_par, log_data_amount=math.log(xtr.shape[0]),
@@ -187,6 +191,15 @@ def build_population(config: PopulationConfig | str | None, out_dir: str | Path,
     if isinstance(config, str):
         config = GRIDS.get(config)
     out = Path(out_dir)
+    from htsr.experiments.executors import LocalExecutor
+
+    local = executor in (None, "local") or isinstance(executor, LocalExecutor)
+    if isinstance(config, PopulationConfig) and config.device.startswith("cuda") and local:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DiagnosisError(f"the recipe trains on device={config.device} but CUDA is not available here; pass "
+                                 "--set device=cpu (or run it with --executor ray on a cluster with GPUs)")
     config = _prepare_folder(out, config, overwrite)
     store = _open_store(out)
     rid = config.recipe_id()
