@@ -219,10 +219,11 @@ def solver_check(width: int = HIDDEN, repeats: int = 1) -> list[dict]:
     return out
 
 
-def floor_check(hidden: int = HIDDEN, inter: int = INTER, repeats: int = 1) -> list[dict]:
+def floor_check(hidden: int = HIDDEN, inter: int = INTER, repeats: int = 1, dtype: str = "float32") -> list[dict]:
     """The work no full-spectrum analysis avoids, per LLaMA shape, with library default threads (how htsr solves
-    large tensors): bf16 -> float32, the Gram product (BLAS ssyrk, as htsr) and the float32 dense solve htsr uses
-    (syevr); seconds per matrix (best of ``repeats``) and the 7B sum (x 128 / 64 / 32)."""
+    large tensors): bf16 -> ``dtype``, the Gram product (BLAS syrk, as htsr) and the dense solve htsr uses for
+    that dtype (float32: syevr; float64: the two-stage solver when available); seconds per matrix (best of
+    ``repeats``) and the 7B sum (x 128 / 64 / 32)."""
     import numpy as np
     import torch
     from scipy.linalg import eigh
@@ -238,17 +239,22 @@ def floor_check(hidden: int = HIDDEN, inter: int = INTER, repeats: int = 1) -> l
         best = {"convert": float("inf"), "gram": float("inf"), "solve": float("inf")}
         for _ in range(repeats):
             t0 = time.perf_counter()
-            w = w16.to(torch.float32).numpy()
+            w = w16.to(getattr(torch, dtype)).numpy()
             t1 = time.perf_counter()
             gm = E._cpu_gram(w)
             t2 = time.perf_counter()
-            eigh(np.asfortranarray(gm), lower=False, eigvals_only=True, driver="evr", check_finite=False,
-                 overwrite_a=True)
+            two = E._two_stage(gm.dtype) if gm.shape[0] >= E.TWO_STAGE_MIN_DIM.get(gm.dtype.itemsize, 1 << 62) else None
+            if two is not None:
+                two(gm)
+            else:
+                eigh(np.asfortranarray(gm), lower=False, eigvals_only=True, driver="evr", check_finite=False,
+                     overwrite_a=True)
             t3 = time.perf_counter()
             for k, v in (("convert", t1 - t0), ("gram", t2 - t1), ("solve", t3 - t2)):
                 best[k] = min(best[k], v)
         per = sum(best.values())
-        out.append({"shape": list(shape), "count_7b": counts[key], **{f"{k}_s": v for k, v in best.items()},
+        out.append({"shape": list(shape), "dtype": dtype, "solver": "two-stage" if two is not None else "syevr",
+                    "count_7b": counts[key], **{f"{k}_s": v for k, v in best.items()},
                     "per_matrix_s": per, "total_7b_s": per * counts[key]})
     return out
 
@@ -271,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="only time syevr vs the two-stage solver on one --hidden-wide Gram per dtype (~30 s at 4096)")
     ap.add_argument("--floor", action="store_true",
                     help="only time the floor (bf16 -> float32, Gram, float32 solve) per LLaMA shape (~15 s at 7B)")
+    ap.add_argument("--floor-dtype", choices=("float32", "float64"), default="float32",
+                    help="precision of --floor (float32: the default preset's; float64: the weightwatcher preset's)")
     ap.add_argument("--hidden", type=int, default=HIDDEN, help="hidden size (4096 = LLaMA-7B; smaller for a smoke run)")
     ap.add_argument("--inter", type=int, default=INTER, help="MLP size (11008 = LLaMA-7B)")
     ap.add_argument("--json", help="write results to this JSON file")
@@ -288,10 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         C.write_json(args.json, {"machine": info, "solver_check": res, "load_end": C.loadavg()})
         return 0
     if args.floor:
-        res = floor_check(args.hidden, args.inter, repeats=2)
-        C.print_table(["shape", "7B count", "to float32", "Gram", "solve (syevr)", "per matrix", "x count"],
+        res = floor_check(args.hidden, args.inter, repeats=2, dtype=args.floor_dtype)
+        C.print_table(["shape", "7B count", f"to {args.floor_dtype}", "Gram", "solve", "per matrix", "x count"],
                       [[f"{r['shape'][0]}x{r['shape'][1]}", r["count_7b"], C.fmt_s(r["convert_s"]),
-                        C.fmt_s(r["gram_s"]), C.fmt_s(r["solve_s"]), C.fmt_s(r["per_matrix_s"]),
+                        C.fmt_s(r["gram_s"]), f"{C.fmt_s(r['solve_s'])} ({r['solver']})", C.fmt_s(r["per_matrix_s"]),
                         C.fmt_s(r["total_7b_s"])] for r in res], title="the floor per LLaMA shape")
         print(f"7B floor: {sum(r['total_7b_s'] for r in res):.1f} s (load at end {C.loadavg()})")
         C.write_json(args.json, {"machine": info, "floor": res, "load_end": C.loadavg()})

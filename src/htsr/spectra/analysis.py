@@ -399,6 +399,12 @@ def _process_entry(entry: TensorEntry, cfg: AnalysisConfig, store: dict, rstore:
                     row.update(status="error", reason=f"{e.__class__.__name__}: {e}")
         row["time_s"] = time.perf_counter() - t1
         rows.append(row)
+    if tensor is not None and entry.release is not None:
+        del tensor
+        try:
+            entry.release()
+        except Exception as e:  # memory advice only; never fails a row
+            log.debug("release of %s failed: %s", entry.name, e)
     return rows
 
 

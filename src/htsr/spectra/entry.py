@@ -22,6 +22,7 @@ class TensorEntry:
     kind: str | None = None  # known module kind (from an nn.Module), else inferred from name/shape
     module_type: str | None = None  # class name when known
     groups: int = 1  # conv groups when known (state dicts do not record them)
+    release: Callable[[], None] | None = None  # drop the loaded bytes from memory once analysed (file maps)
 
     @property
     def module(self) -> str:

@@ -225,6 +225,23 @@ class SafetensorsFile:
                                     count=n).reshape(t.shape)
         return torch.frombuffer(self._mm, dtype=t.torch_dtype, count=n, offset=off).reshape(t.shape)
 
+    def release(self, name: str) -> None:
+        """Drop the pages of tensor ``name`` from this process's memory once it has been used (``madvise``
+        ``MADV_DONTNEED``). The map is private and never written, so a later read of any tensor just reads the
+        file again; without this, every tensor read stays resident and a whole shard (gigabytes) counts in the
+        process's memory by the end of the file. A no-op where ``madvise`` is not available."""
+        t = self.info(name)
+        if self._mm is None or t.end == t.start or not hasattr(self._mm, "madvise") \
+                or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        page = mmap.PAGESIZE
+        lo = (self.data_start + t.start) // page * page
+        hi = min(len(self._mm), -(-(self.data_start + t.end) // page) * page)
+        try:
+            self._mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+        except (OSError, ValueError):  # advice only
+            pass
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Every tensor, by name (the replacement for ``safetensors.torch.load_file``)."""
         return {k: self.tensor(k) for k in self.tensors}

@@ -88,7 +88,7 @@ def safetensors_entries(path: str | os.PathLike, names: list[str] | None = None)
         dtype = str(info.torch_dtype).replace("torch.", "")
         if len(info.shape) < 2 or not _is_float_dtype(dtype):
             continue
-        yield TensorEntry(k, info.shape, dtype, (lambda k=k: sf.tensor(k)))
+        yield TensorEntry(k, info.shape, dtype, (lambda k=k: sf.tensor(k)), release=(lambda k=k: sf.release(k)))
 
 
 def sharded_entries(directory: Path, index_file: Path) -> Iterator[TensorEntry]:
