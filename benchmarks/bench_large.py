@@ -2,7 +2,7 @@
 
 The matrices are seeded heavy-tailed random (Student-t, ``--df`` 4 degrees of freedom, scaled by
 1/sqrt(fan-in), float32), wrapped as two bias-free ``nn.Linear`` layers in an
-``nn.Sequential``. Both tools analyse the same module; target: >= 4x faster end to end.
+``nn.Sequential``. Both tools analyse the same module; target: >= 5x faster end to end (round 2; 4x in round 1).
 Two htsr configurations are timed against the same WW runs:
 
 * ``preset="weightwatcher"``: WW's conventions and float64 spectra (the like-for-like row);
@@ -96,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
         t = C.median(times[name])
         results.append({
             "config": name, "workers": a.metadata.get("workers"), "ours_s": times[name], "ours_median_s": t,
-            "ref_s": times["ww"], "ref_median_s": t_ref, "ratio": t_ref / t, "target_ratio": 4.0,
-            "ratio_ok": t_ref / t >= 4.0, "matched": matched, "max_abs_alpha_diff": dmax, "worst_layer": worst,
+            "ref_s": times["ww"], "ref_median_s": t_ref, "ratio": t_ref / t, "target_ratio": 5.0,
+            "ratio_ok": t_ref / t >= 5.0, "matched": matched, "max_abs_alpha_diff": dmax, "worst_layer": worst,
             "alphas": ours_alpha, "per_layer_s": {r["name"]: r["time_s"] for r in a.rows},
         })
     rows = [[

@@ -1,7 +1,7 @@
 """all-MiniLM-L6-v2 (real weights): htsr vs WeightWatcher 0.7.7 analyze(), end to end.
 
 (a) ``htsr.analyze(model, preset="weightwatcher")`` vs ``WeightWatcher(model).analyze()``
-    with its defaults, on the same nn.Module: time ratio (target >= 4x) and the max
+    with its defaults, on the same nn.Module: time ratio (target >= 5x) and the max
     |alpha diff| over layers matched by name (WW ``longname`` == htsr ``name``).
 (c) ``htsr.analyze(model)`` with the default preset vs the same WW run (target >= 8x); its alphas come from
     another fit rule, so only the times are compared.
@@ -153,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {r['part']}: fitted only by WW: {r['unmatched_ref']}; only by htsr: {r['unmatched_ours']}")
     if floor:
         ref = [r for r in results if r["part"].startswith("a")]
-        ratio = f"; WW median / floor = {ref[0]['ref_median_s'] / floor['two_threads_s']:.2f}x" if ref else ""
+        best = min(floor["two_threads_s"], floor["one_thread_loop_s"])
+        ratio = f"; WW median / best floor = {ref[0]['ref_median_s'] / best:.2f}x" if ref else ""
         print(f"\nfloor: float64 Gram + eigvalsh of {floor['matrices']} matrices: {C.fmt_s(floor['two_threads_s'])}"
               f" on two threads, {C.fmt_s(floor['one_thread_loop_s'])} in one loop{ratio}")
     print(f"\nload average at end: {info['loadavg_end']} (start {info['loadavg']})")
