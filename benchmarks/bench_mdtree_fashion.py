@@ -18,7 +18,7 @@
     Hyper+DT (log #data, log #params; Q2 one of them), and the training subset's majority class.
 
     python benchmarks/bench_mdtree_fashion.py --population /tmp/htsr_fashion_pop \\
-        --markdown benchmarks/results/mdtree_fashion.md --csv benchmarks/results/mdtree_fashion_population.csv
+        --markdown benchmarks/outputs/mdtree_fashion.md --csv benchmarks/outputs/mdtree_fashion_population.csv
 """
 
 from __future__ import annotations
