@@ -39,6 +39,9 @@ def _sync(device: str) -> None:
 
 
 def _time(fn, device: str, repeats: int) -> float:
+    """Median seconds of ``repeats`` calls after one untimed call (first-call costs: thread pools, lazy
+    library loads)."""
+    fn()
     ts = []
     for _ in range(repeats):
         _sync(device)

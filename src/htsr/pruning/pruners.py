@@ -151,10 +151,22 @@ def sparsegpt_prune(
         Hinv1 = Hinv[i1:i2, i1:i2]
         d1 = torch.diag(Hinv1)
         if nm is None:
-            scores = (W1 ** 2 / d1.reshape(-1, 1) ** 2).T  # (rows, count), as the reference's
+            scores = (W1 * W1 / (d1 * d1).reshape(-1, 1)).T  # (rows, count): the reference's w**2 / d**2
             mask1 = _lowest_mask(scores.reshape(-1), int(scores.numel() * s), 0).reshape(scores.shape).T
-        else:
-            mask1 = torch.zeros_like(W1, dtype=torch.bool)
+            # The block's mask is fixed before its sweep, so each column costs two products and the rank-1
+            # update: err = (w * pruned) / d equals the reference's (w - q) / d bit for bit, and after its own
+            # update column i holds w on kept entries exactly (their err is 0), so q = W1 with the mask zeroed.
+            m1 = mask1.to(W1.dtype)
+            for i in range(count):
+                e = Err1[i]
+                torch.mul(W1[i], m1[i], out=e)
+                e.div_(Hinv1[i, i])
+                W1[i:].addr_(Hinv1[i, i:], e, alpha=-1)  # OBS update of the block's remaining columns
+            WT[i1:i2] = W1.masked_fill_(mask1, 0)
+            mask[:, i1:i2] = mask1.T
+            WT[i2:] -= Hinv[i1:i2, i2:].T.matmul(Err1)
+            continue
+        mask1 = torch.zeros_like(W1, dtype=torch.bool)
         for i in range(count):
             w = W1[i]
             d = Hinv1[i, i]
