@@ -17,7 +17,10 @@
     ``fit_diagnoser``), the paper's baselines Validation+DT (depth-4 tree on train/test error and loss) and
     Hyper+DT (log #data, log #params; Q2 one of them), and the training subset's majority class.
 
-    python benchmarks/bench_mdtree_fashion.py --population /tmp/htsr_fashion_pop \\
+(c) with ``--noisy DIR`` (``htsr mdtree population --grid fashion-noisy``: the same grid with 10 % of the training
+    labels replaced, the paper's F'), Table B's own protocol too: each subset of F fitted, all of F' scored.
+
+    python benchmarks/bench_mdtree_fashion.py --population /tmp/htsr_fashion_pop --noisy /tmp/htsr_fashion_noisy \\
         --markdown benchmarks/outputs/mdtree_fashion.md --csv benchmarks/outputs/mdtree_fashion_population.csv
 """
 
@@ -66,13 +69,17 @@ def score(task: str, train: pd.DataFrame, test: pd.DataFrame, seed: int) -> dict
     return out
 
 
-def evaluate(labelled: pd.DataFrame) -> list[dict]:
+def evaluate(labelled: pd.DataFrame, test_population: pd.DataFrame | None = None) -> list[dict]:
+    """Accuracy of every method per task and protocol. Without ``test_population``: fitted on the subset, scored
+    on the rest of ``labelled``; with it (Table B's dataset transfer F -> F'): fitted on the subset of
+    ``labelled`` (F), scored on all of ``test_population`` (F', labelled on its own grid)."""
     from htsr.diagnosis.errors import DiagnosisError
     from htsr.diagnosis.labels import drop_optimal
 
     results = []
     for task, (label, _, _) in TASKS.items():
         rows = drop_optimal(labelled, label)
+        other = None if test_population is None else drop_optimal(test_population, label)
         half = max(1, len(rows.groupby(["data", "width"])) // 2)  # 8 of the full grid's 16 pairs
         for scheme, k, seeds in (("random", half, SEEDS), ("data_limit", 0.25, (None,)), ("width_limit", 2, (None,))):
             per = []
@@ -81,6 +88,8 @@ def evaluate(labelled: pd.DataFrame) -> list[dict]:
                     train, test = splits(rows, scheme, k, seed)
                 except DiagnosisError:
                     continue
+                if other is not None:
+                    test = other
                 if len(test) == 0 or len(train) == 0:
                     continue
                 per.append((len(train), len(test), score(task, train, test, 0 if seed is None else seed)))
@@ -99,6 +108,9 @@ def evaluate(labelled: pd.DataFrame) -> list[dict]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--population", required=True, help="folder of `htsr mdtree population --grid fashion`")
+    ap.add_argument("--noisy", default=None, metavar="DIR",
+                    help="a population of the same grid with label noise (--grid fashion-noisy): also report Table "
+                         "B's dataset transfer, fitted on --population's subsets, tested on all of DIR")
     ap.add_argument("--markdown", default=None, help="write the tables (Markdown) here")
     ap.add_argument("--csv", default=None, help="copy the population CSV (one row per configuration) here")
     ap.add_argument("--json", default=None)
@@ -110,6 +122,11 @@ def main() -> int:
     frame, config = load_population_dir(args.population)
     labelled = label_population(frame)
     results = evaluate(labelled)
+    transfer = []
+    if args.noisy:
+        noisy_frame, noisy_config = load_population_dir(args.noisy)
+        noisy = label_population(noisy_frame)
+        transfer = evaluate(labelled, noisy)
     lines = [f"Population: {len(frame)}/{config.n_configs} configurations x {len(config.seeds)} seeds, recipe "
              f"{config.recipe_id()} ({config.dataset}, pool {config.pool}, {config.epochs} epochs, widths "
              f"{list(config.widths)}, batch sizes {list(config.batch_sizes)}, fractions "
@@ -124,12 +141,25 @@ def main() -> int:
         s = r[f"{m}_std"]
         return f"{r[m]:.1f}" + ("" if not np.isfinite(s) else f" ± {s:.1f}")
 
-    for r in results:
-        proto = {"random": f"random {r['k']} (data, width) pairs", "data_limit": "data <= 0.25 (scale)",
-                 "width_limit": "width <= 2 (scale)"}[r["scheme"]]
-        lines.append(f"| {r['task']} | {proto} | {r['seeds']} | {r['n_train']:.1f} | {r['n_test']:.1f} | "
-                     f"{cell(r, 'md_tree')} | {cell(r, 'validation_dt')} | {cell(r, 'hyper_dt')} | "
-                     f"{cell(r, 'majority')} |")
+    def table(rs: list[dict]) -> None:
+        for r in rs:
+            proto = {"random": f"random {r['k']} (data, width) pairs", "data_limit": "data <= 0.25 (scale)",
+                     "width_limit": "width <= 2 (scale)"}[r["scheme"]]
+            lines.append(f"| {r['task']} | {proto} | {r['seeds']} | {r['n_train']:.1f} | {r['n_test']:.1f} | "
+                         f"{cell(r, 'md_tree')} | {cell(r, 'validation_dt')} | {cell(r, 'hyper_dt')} | "
+                         f"{cell(r, 'majority')} |")
+
+    table(results)
+    if args.noisy:
+        lines += ["", f"Dataset transfer (Table B): fitted on subsets of the population above (F), tested on all of "
+                      f"{len(noisy_frame)} configurations with {noisy_config.label_noise:.0%} label noise (F', recipe "
+                      f"{noisy_config.recipe_id()}, labelled on its own grid).", "",
+                  "Labels of F': " + "; ".join(
+                      f"{t}: " + ", ".join(f"{k} {v}" for k, v in sorted(noisy[lab].value_counts().items()))
+                      for t, (lab, _, _) in TASKS.items()), "",
+                  "| task | training subset of F | seeds | train rows | test rows (F') | MD tree | Validation+DT | "
+                  "Hyper+DT | majority |", "|---|---|---|---|---|---|---|---|---|"]
+        table(transfer)
     cols = ["width", "bs", "data", "data_amount", "test_acc", "test_acc_std", "train_error", "mode_connectivity_peak",
             "hessian_t", "CKA", "train_s"]
     text = "\n".join(lines)
@@ -144,7 +174,8 @@ def main() -> int:
         from htsr.io import write_table
 
         write_table(args.csv, labelled)
-    C.write_json(args.json, {"machine": info, "results": results, "recipe_id": config.recipe_id()})
+    C.write_json(args.json, {"machine": info, "results": results, "transfer": transfer,
+                             "recipe_id": config.recipe_id()})
     return 0
 
 

@@ -27,6 +27,9 @@ def test_digits_recipe_keys_unchanged():
     assert GRIDS.get("tiny").recipe_id() == "e22ce207cb95"
     fashion = GRIDS.get("fashion")
     assert fashion.recipe()["dataset"] == "fashion-mnist" and fashion.recipe_id() != GRIDS.get("small").recipe_id()
+    # the stored Fashion population (benchmarks/outputs/mdtree_fashion_pop) predates label_noise: same key
+    assert fashion.recipe_id() == "a2abdd73c100"
+    assert "label_noise" not in fashion.recipe() and GRIDS.get("fashion-noisy").recipe()["label_noise"] == 0.1
     # the device is part of the recipe only when it is not the CPU
     assert "device" not in fashion.recipe() and fashion.replace(device="cuda").recipe()["device"] == "cuda"
 
@@ -39,6 +42,8 @@ def test_digits_recipe_keys_unchanged():
     ({"dataset": "fashion-mnist", "pool": 50}, ["pool", ">= 100"]),
     ({"dataset": "fashion-mnist", "test_images": -1}, ["test_images", ">= 0"]),
     ({"device": "gpu0"}, ["device", "cuda:N"]),
+    ({"label_noise": 1.0}, ["label_noise", "[0.0, 1.0)"]),
+    ({"label_noise": -0.1}, ["label_noise"]),
 ])
 def test_bad_settings_name_what_was_wrong(sets, words):
     with pytest.raises(ConfigError) as e:
@@ -130,3 +135,25 @@ def test_tiny_fashion_population_on_cuda(tmp_path):
 
     pop = build_population(GRIDS.get("fashion-tiny").replace(device="cuda"), tmp_path / "pop", progress=False)
     assert len(pop) == 2 and np.isfinite(pop["hessian_t"]).all() and (pop["test_acc"] > 10).all()
+
+
+def test_noisy_labels_change_exactly_that_many_to_another_class():
+    from htsr.diagnosis.family import noisy_labels
+
+    y = torch.arange(1000) % 10
+    z = noisy_labels(y, 0.1, seed=4)
+    wrong = (z != y)
+    assert int(wrong.sum()) == 100 and z.min() >= 0 and z.max() <= 9
+    assert torch.equal(noisy_labels(y, 0.1, seed=4), z) and not torch.equal(noisy_labels(y, 0.1, seed=5), z)
+    assert torch.equal(y, torch.arange(1000) % 10)  # input untouched
+    # the new labels are spread over the other classes (each of the 9 shifts drawn)
+    assert len(set(((z[wrong] - y[wrong]) % 10).tolist())) == 9
+
+
+def test_label_noise_touches_only_the_training_labels():
+    cfg = PopulationConfig(label_noise=0.2)  # digits
+    clean, noisy = family_data(PopulationConfig(), 1.0), family_data(cfg, 1.0)
+    torch.testing.assert_close(noisy[0], clean[0])
+    torch.testing.assert_close(noisy[2], clean[2])
+    assert torch.equal(noisy[3], clean[3])
+    assert int((noisy[1] != clean[1]).sum()) == round(0.2 * clean[1].numel())

@@ -138,6 +138,7 @@ def register(subparsers: Any) -> None:
     pop.add_argument("--grid", choices=GRIDS.names(), default=None,
                      help="small (3 widths x 3 batch sizes x 2 fractions x 2 seeds; the default for a new folder), "
                           "tiny (smoke test), fashion (96 configurations on Fashion-MNIST, 2 CPU cores), "
+                          "fashion-noisy (the same, 10%% label noise), "
                           "fashion-full (144 x 5 seeds, all 60,000 images, device=cuda) or fashion-tiny; without "
                           "--grid and --set an existing folder resumes its own")
     C.add_set(pop, "the grid and recipe (e.g. widths=1,2,4 batch_sizes=16,64 data_fractions=0.5,1 epochs=10)")

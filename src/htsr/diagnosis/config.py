@@ -75,7 +75,8 @@ _GRID_AXES = ("widths", "batch_sizes", "data_fractions")
 DATASETS: tuple[str, ...] = ("digits", "fashion-mnist")
 #: Recipe fields added after the first populations were stored, with the value those populations had: left out
 #: of :meth:`PopulationConfig.recipe` at that value, so the stored rows of a digits population keep their key.
-_LATER_FIELDS: dict[str, Any] = {"dataset": "digits", "pool": 0, "test_images": 0, "downsample": 1, "device": "cpu"}
+_LATER_FIELDS: dict[str, Any] = {"dataset": "digits", "pool": 0, "test_images": 0, "downsample": 1, "device": "cpu",
+                                  "label_noise": 0.0}
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,8 @@ class PopulationConfig(Config):
     ``test_images`` > 0 keeps the first that many test images; ``downsample`` 2 or 4 average-pools the 28x28
     images to 14x14 or 7x7, which cuts the convolutions' cost by that factor squared). ``device``: where each
     configuration is trained and measured (``cpu``, ``cuda``, ``cuda:N``); part of the recipe, since a GPU's
-    rows differ from the CPU's in the last digits."""
+    rows differ from the CPU's in the last digits. ``label_noise``: the fraction of training labels replaced by
+    another class (the paper's noisy population F' uses 0.1), drawn with ``subset_seed``; test labels stay clean."""
 
     label: ClassVar[str] = "the population"
 
@@ -120,6 +122,7 @@ class PopulationConfig(Config):
     test_images: int = 0
     downsample: int = 1
     device: str = "cpu"
+    label_noise: float = 0.0
 
     def validate(self) -> None:
         from htsr.models.vision import ARCHS
@@ -153,6 +156,7 @@ class PopulationConfig(Config):
         check_positive_int("pool", self.pool, minimum=0)
         check_positive_int("test_images", self.test_images, minimum=0)
         check_choice("downsample", self.downsample, (1, 2, 4))
+        check_range("label_noise", self.label_noise, 0.0, 1.0, hi_open=True)
         if not (isinstance(self.device, str) and re.fullmatch(r"cpu|cuda(:\d+)?", self.device)):
             raise ConfigError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         if self.dataset == "digits":
@@ -191,7 +195,8 @@ class PopulationConfig(Config):
 #: ``fashion``: 96 configurations on Fashion-MNIST at reduced scale for a 2-core CPU (a 2,000-image pool,
 #: 28x28 images, 2,000 test images); ``fashion-full``: the paper-scale grid (all 60,000 images at 28x28, 144
 #: configurations, 5 seeds, 40 epochs) on a GPU (``device=cuda``; ``--set device=cpu`` for a Ray cluster);
-#: ``fashion-tiny``: a smoke run.
+#: ``fashion-noisy``: ``fashion`` with 10 % label noise (the paper's F', for dataset transfer); ``fashion-tiny``: a
+#: smoke run.
 GRIDS: Registry[PopulationConfig] = Registry("population grid")
 GRIDS.add("small", PopulationConfig())
 GRIDS.add("tiny", PopulationConfig(widths=(1, 4), batch_sizes=(32, 256), data_fractions=(0.25,), epochs=2,
@@ -200,6 +205,7 @@ GRIDS.add("fashion", PopulationConfig(dataset="fashion-mnist", pool=2000, test_i
                                      widths=(1, 2, 4, 8), batch_sizes=(16, 32, 64, 128, 256, 512),
                                      data_fractions=(0.125, 0.25, 0.5, 1.0), epochs=10, curve_epochs=5,
                                      hessian_iters=50))
+GRIDS.add("fashion-noisy", GRIDS.get("fashion").replace(label_noise=0.1))
 GRIDS.add("fashion-full", PopulationConfig(dataset="fashion-mnist", widths=(1, 2, 4, 8, 16, 32),
                                           batch_sizes=(16, 32, 64, 128, 256, 512),
                                           data_fractions=(0.1, 0.2, 0.5, 1.0), seeds=(0, 1, 2, 3, 4), epochs=40,

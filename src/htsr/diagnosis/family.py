@@ -15,17 +15,37 @@ from typing import Any
 from htsr.diagnosis.config import PopulationConfig
 from htsr.diagnosis.errors import DiagnosisError
 
-__all__ = ["family_data", "fashion_data", "family_model", "load_family_model"]
+__all__ = ["family_data", "fashion_data", "noisy_labels", "family_model", "load_family_model"]
 
 
 def family_data(config: PopulationConfig, fraction: float):
-    """``(x_train, y_train, x_test, y_test)``: the training subset at ``fraction`` and the fixed test set."""
+    """``(x_train, y_train, x_test, y_test)``: the training subset at ``fraction`` and the fixed test set, with
+    ``config.label_noise`` of the training labels replaced (:func:`noisy_labels`)."""
     if config.dataset == "fashion-mnist":
-        return fashion_data(config, fraction)
-    from htsr.data.digits import digits_split
+        xtr, ytr, xte, yte = fashion_data(config, fraction)
+    else:
+        from htsr.data.digits import digits_split
 
-    return digits_split(fraction=float(fraction), seed=config.subset_seed, test_size=config.test_size,
-                        split_seed=config.split_seed)
+        xtr, ytr, xte, yte = digits_split(fraction=float(fraction), seed=config.subset_seed,
+                                          test_size=config.test_size, split_seed=config.split_seed)
+    if config.label_noise > 0:
+        ytr = noisy_labels(ytr, config.label_noise, config.subset_seed)
+    return xtr, ytr, xte, yte
+
+
+def noisy_labels(y, fraction: float, seed: int, num_classes: int = 10):
+    """A copy of integer labels ``y`` with ``round(fraction * n)`` of them, chosen with ``seed``, replaced by
+    another class drawn uniformly from the other ``num_classes - 1`` (so exactly that many labels are wrong)."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng([int(seed), 2])
+    out = y.clone()
+    k = int(round(fraction * y.numel()))
+    idx = torch.from_numpy(np.sort(rng.choice(y.numel(), size=k, replace=False)))
+    shift = torch.from_numpy(rng.integers(1, num_classes, size=k))
+    out[idx] = (out[idx] + shift) % num_classes
+    return out
 
 
 def fashion_data(config: PopulationConfig, fraction: float):
