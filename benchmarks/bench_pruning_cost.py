@@ -38,6 +38,14 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _stats(X: torch.Tensor, hessian: bool, window: int, device: str) -> LayerStats:
+    """The layer statistics of calibration rows ``X``, accumulated one window at a time as ``prune_model`` does."""
+    st = LayerStats(X.shape[1], hessian=hessian, device=device)
+    for i in range(0, X.shape[0], window):
+        st.add_batch(X[i:i + window].unsqueeze(0))
+    return st
+
+
 def _time(fn, device: str, repeats: int) -> float:
     """Median seconds of ``repeats`` calls after one untimed call (first-call costs: thread pools, lazy
     library loads)."""
@@ -71,11 +79,8 @@ def main() -> None:
         W0 = (torch.randn(d, d, generator=g) / d ** 0.5).to(a.device)
         X = torch.randn(a.rows, d, generator=g).to(a.device)
 
-        def stats(hessian: bool, X=X, d=d) -> LayerStats:
-            st = LayerStats(d, hessian=hessian, device=a.device)
-            for i in range(0, a.rows, a.window):
-                st.add_batch(X[i:i + a.window].unsqueeze(0))
-            return st
+        def stats(hessian: bool, X=X) -> LayerStats:
+            return _stats(X, hessian, a.window, a.device)
 
         st_w = stats(False)
         st_h = stats(True)
@@ -136,11 +141,8 @@ def llama(a) -> None:
         W0 = (torch.randn(dout, din, generator=g) / din ** 0.5).to(a.device)
         X = torch.randn(a.rows, din, generator=g).to(a.device)
 
-        def stats(hessian: bool, X=X, din=din) -> LayerStats:
-            st = LayerStats(din, hessian=hessian, device=a.device)
-            for i in range(0, a.rows, a.window):
-                st.add_batch(X[i:i + a.window].unsqueeze(0))
-            return st
+        def stats(hessian: bool, X=X) -> LayerStats:
+            return _stats(X, hessian, a.window, a.device)
 
         def forward(X=X, W0=W0) -> None:
             for i in range(0, a.rows, a.window):
