@@ -88,16 +88,6 @@ def test_esd_digest_against_closed_forms():
     assert math.log(c1 / c0) / math.log(c1x / c0x) == pytest.approx(-2.0, rel=1e-3)
 
 
-def test_digest_binning_and_band_match_the_png_plots():
-    from htsr.report.analysis import ALPHA_BAND
-    from htsr.report.digest import log_bins
-    from htsr.spectra import plots
-
-    assert ALPHA_BAND == plots.ALPHA_BAND
-    for args in ((0.01, 50.0, 37, 2.5), (1.0, 1.0, 10, None), (0.5, 8.0, 20, 100.0)):
-        np.testing.assert_allclose(log_bins(*args), plots.log_bins(*args))
-
-
 def test_failed_fit_has_no_fit_line():
     d = esd_digest(np.linspace(1, 2, 50), {"status": "failed", "alpha": float("nan")})
     assert "fit" not in d and d["ccdf"] and d["hist"]

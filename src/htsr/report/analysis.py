@@ -4,15 +4,12 @@
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from htsr.report.bundle import ReportError
-from htsr.report.digest import esd_digest
-
-#: Conventional HT-SR range of "well-trained" exponents (as :data:`htsr.spectra.plots.ALPHA_BAND`, tested equal).
-ALPHA_BAND = (2.0, 6.0)
+from htsr.report.digest import esd_digest, finite_or_none
+from htsr.spectra.display import ALPHA_BAND
 
 if TYPE_CHECKING:
     from htsr.spectra.analysis import Analysis
@@ -63,14 +60,6 @@ def finish(chart: Any, datasets: dict[str, list]) -> dict:
     return spec
 
 
-def _f(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 def _reasons(rows: list[dict], status: str, top: int = 3) -> str:
     c = Counter(str(r.get("reason") or "no reason given") for r in rows if r.get("status") == status)
     parts = [f"{why} ({n})" for why, n in c.most_common(top)]
@@ -96,7 +85,7 @@ def summary_cards(an: Analysis, label: str = "") -> list[dict]:
     rows = an.rows
     s = an.summary()
     ok = [r for r in rows if r.get("status") == "success"]
-    alphas = [a for a in (_f(r.get("alpha")) for r in ok) if a is not None]
+    alphas = [a for a in (finite_or_none(r.get("alpha")) for r in ok) if a is not None]
     low = sum(a < ALPHA_BAND[0] for a in alphas)
     high = sum(a > ALPHA_BAND[1] for a in alphas)
     pre = f"{label} " if label else ""
@@ -114,7 +103,7 @@ def summary_cards(an: Analysis, label: str = "") -> list[dict]:
                   "level": "warn" if low + high else None,
                   "note": f"{low} below {ALPHA_BAND[0]:g}, {high} above {ALPHA_BAND[1]:g}"})
     if any("rand_num_spikes" in r for r in rows):
-        traps = [r for r in ok if (_f(r.get("rand_num_spikes")) or 0) > 0]
+        traps = [r for r in ok if (finite_or_none(r.get("rand_num_spikes")) or 0) > 0]
         cards.append({"label": f"{pre}correlation traps", "value": len(traps), "level": "warn" if traps else None,
                       "note": "layers whose randomized ESD has spikes above its MP edge"})
     return cards
@@ -127,7 +116,7 @@ def layer_records(an: Analysis) -> list[dict]:
         rec = {k: r.get(k) for k, _, _ in TABLE_COLUMNS if k in r}
         rec["name"] = str(r["name"])
         rec["idx"] = i
-        a = _f(r.get("alpha")) if r.get("status") == "success" else None
+        a = finite_or_none(r.get("alpha")) if r.get("status") == "success" else None
         rec["alpha"] = a
         rec["alpha_shown"] = None if a is None else min(a, ALPHA_CAP)
         rec["band"] = None if a is None else ("in band" if ALPHA_BAND[0] <= a <= ALPHA_BAND[1] else "outside band")
@@ -161,7 +150,7 @@ def esd_spec() -> dict:
 
 def _layer_info(r: dict) -> str:
     def g(k: str, spec: str = ".4g") -> str:
-        v = _f(r.get(k))
+        v = finite_or_none(r.get(k))
         return "n/a" if v is None else format(v, spec)
 
     if r.get("status") == "success":

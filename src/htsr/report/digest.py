@@ -14,24 +14,13 @@ from typing import Any
 
 import numpy as np
 
+from htsr.spectra.display import log_bins
+
 MAX_BINS = 60
 MAX_CCDF = 150
 DIGITS = 4
 #: Eigenvalues below this fraction of the largest are round-off zeros and are not drawn (as ``htsr analyze --plot``).
 REL_FLOOR = 1e-12
-
-
-def log_bins(lo: float, hi: float, n: int, anchor: float | None = None) -> np.ndarray:
-    """``n`` log-spaced bin edges over [lo, hi], shifted so that ``anchor`` (xmin) is an edge: the binning of
-    :func:`htsr.spectra.plots.log_bins` (tested equal), here without importing matplotlib."""
-    if not hi > lo:
-        lo, hi = lo / 1.5, hi * 1.5
-    a, b = math.log10(lo), math.log10(hi)
-    if anchor is None or not lo < anchor < hi:
-        return np.logspace(a, b, n + 1)
-    w = (b - a) / n
-    c = math.log10(anchor)
-    return 10.0 ** (c + w * np.arange(math.floor((a - c) / w), math.ceil((b - c) / w) + 1))
 
 
 def tail_density(x: np.ndarray, alpha: float, xmin: float, frac: float) -> np.ndarray:
@@ -54,7 +43,8 @@ def _rounded(a: np.ndarray) -> list[float]:
     return (np.round(a * scale) / scale).tolist()
 
 
-def _finite(v: Any) -> float | None:
+def finite_or_none(v: Any) -> float | None:
+    """``float(v)`` when it is a finite number, else None (JSON-safe values for the charts)."""
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -96,7 +86,7 @@ def esd_digest(evals: Any, row: dict, randomized: Any = None, *, max_bins: int =
     lo, hi = lam[0], lam[-1]
     if rlam.size:
         lo, hi = min(lo, rlam[0]), max(hi, rlam[-1])
-    alpha, xmin, xmax = _finite(row.get("alpha")), _finite(row.get("xmin")), _finite(row.get("xmax"))
+    alpha, xmin, xmax = (finite_or_none(row.get(k)) for k in ("alpha", "xmin", "xmax"))
     fitted = row.get("status") == "success" and alpha is not None and xmin is not None and xmin > 0 and alpha > 1
     n_bins = int(np.clip(round(1.5 * math.sqrt(lam.size)), 10, max_bins))
     bins = log_bins(lo, hi, n_bins, xmin if fitted else None)
@@ -118,7 +108,7 @@ def esd_digest(evals: Any, row: dict, randomized: Any = None, *, max_bins: int =
         out["rand_ccdf"] = ccdf(rlam)
     if fitted:
         upper = xmax if xmax is not None and xmax > xmin else hi
-        n_tail = _finite(row.get("n_tail")) or float(np.count_nonzero((lam >= xmin) & (lam <= upper)))
+        n_tail = finite_or_none(row.get("n_tail")) or float(np.count_nonzero((lam >= xmin) & (lam <= upper)))
         frac = min(1.0, n_tail / lam.size)
         xs = np.array([xmin, upper])
         out["fit"] = [[_r(x), _r(y)] for x, y in zip(xs, tail_density(xs, alpha, xmin, frac), strict=True)]

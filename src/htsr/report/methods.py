@@ -11,12 +11,12 @@
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from htsr.report.bundle import ReportError
+from htsr.report.digest import finite_or_none
 
 PRUNING_FILE = "htsr_pruning_report.json"
 PRUNING_SCHEMA = "htsr.pruning/1"
@@ -66,14 +66,6 @@ def _kv(sid: str, title: str, d: dict) -> dict:
     return {"type": "kv", "id": sid, "title": title, "items": items}
 
 
-def _f(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
 # ----------------------------------------------------------------------------- pruning
 def pruning(path: Path) -> tuple[list[dict], str]:
     """A pruning run: per-layer target and achieved sparsity against the allocation metric (alpha), settings."""
@@ -116,7 +108,7 @@ def pruning(path: Path) -> tuple[list[dict], str]:
     if not ppl:
         cards.append({"label": "perplexity", "value": "not recorded",
                       "note": "the pruning report holds none: measure it with `htsr perplexity OUT_DIR --text FILE`"})
-    if _f(data.get("elapsed_s")) is not None:
+    if finite_or_none(data.get("elapsed_s")) is not None:
         cards.append({"label": "time", "value": f"{float(data['elapsed_s']):.1f} s"})
     long = df.melt(id_vars=["idx", "name"], value_vars=["target_sparsity", "achieved_sparsity"], var_name="series",
                    value_name="sparsity")
@@ -153,7 +145,7 @@ def _history_long(hist: list[dict], method: str) -> list[dict]:
     for h in hist or []:
         ep = h.get("epoch")
         for k, v in h.items():
-            if k in ("epoch", "step", "time_s") or k.startswith("tb_") or _f(v) is None:
+            if k in ("epoch", "step", "time_s") or k.startswith("tb_") or finite_or_none(v) is None:
                 continue
             out.append({"epoch": ep, "method": method, "metric": k, "value": float(v)})
     return out
@@ -313,7 +305,7 @@ def tinymem(path: Path) -> tuple[list[dict], str]:
                       "note": f"{best['method']}, accuracy {best['acc_after']:.2f}"})
     if len(done) < len(table):
         cards.append({"label": "failed methods", "value": len(table) - len(done), "level": "bad"})
-    if _f(run.get("total_time_s")) is not None:
+    if finite_or_none(run.get("total_time_s")) is not None:
         cards.append({"label": "time", "value": f"{float(run['total_time_s']):.1f} s"})
     show = table.drop(columns=[c for c in ("settings",) if c in table.columns])
     tips = [alt.Tooltip(f"{c}:Q", format=".2f") if c not in ("method", "family") else f"{c}:N"

@@ -272,6 +272,12 @@ def _analyse_matrix(p: MatrixPlan, mats: torch.Tensor, cfg: AnalysisConfig, row:
                                    method=cfg.eig_method).ravel()) * p.scale
         rstore[p.name] = rlam
         row.update(M.random_esd_metrics(full_lam, rlam, p.N, p.M))
+    _fit_extras(lam, fit, fit_kw, cfg, row)
+
+
+def _fit_extras(lam: np.ndarray, fit: Any, fit_kw: dict, cfg: AnalysisConfig, row: dict) -> None:
+    """The optional columns of a successful fit: truncated power law (``tpl``) and goodness of fit (``gof``:
+    bootstrap p-value, likelihood ratios against lognormal and exponential), for full and tail-only spectra alike."""
     if cfg.tpl and fit.ok:
         t = PL.fit_truncated_power_law(lam, fit.xmin, threshold=cfg.threshold)
         row.update(tpl_alpha=t["alpha"], Lambda=t["Lambda"])
@@ -347,15 +353,7 @@ def _tail_only(p: MatrixPlan, mats: torch.Tensor, cfg: AnalysisConfig, row: dict
         bound = math.log10(max(side - k, 1)) + fit.alpha * math.log10(cfg.threshold)
         if bound > row["log_alpha_norm"] - 12:
             row["log_alpha_norm"] = math.nan
-    if cfg.tpl and fit.ok:
-        t = PL.fit_truncated_power_law(lam, fit.xmin, threshold=cfg.threshold)
-        row.update(tpl_alpha=t["alpha"], Lambda=t["Lambda"])
-    if cfg.gof and fit.ok:
-        row["gof_p"] = PL.bootstrap_pvalue(lam, fit, n_boot=cfg.n_boot, seed=cfg.seed, **fit_kw)
-        for alt in ("lognormal", "exponential"):
-            R, pv = PL.likelihood_ratio(lam, fit, alt)
-            row[f"lr_{alt}"] = R
-            row[f"lr_{alt}_p"] = pv
+    _fit_extras(lam, fit, fit_kw, cfg, row)
     return True
 
 

@@ -21,6 +21,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from htsr.io import save_png
+from htsr.spectra.display import ALPHA_BAND, log_bins  # noqa: F401  (log_bins: also this module's API)
 
 if TYPE_CHECKING:
     from htsr.spectra.analysis import Analysis
@@ -28,8 +29,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SUMMARY_NAME = "alpha_by_layer.png"
-#: Conventional HT-SR range of "well-trained" exponents, shaded in the summary chart.
-ALPHA_BAND = (2.0, 6.0)
 DPI = 100
 MAX_NAME_CHARS = 80
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -75,19 +74,6 @@ def _finite_sorted(x: np.ndarray | None) -> np.ndarray:
     a = a[np.isfinite(a)]
     a.sort()
     return a
-
-
-def log_bins(lo: float, hi: float, n: int, anchor: float | None = None) -> np.ndarray:
-    """``n`` log-spaced bins over [lo, hi]; shifted so that ``anchor`` (xmin) is a bin edge."""
-    if not hi > lo:  # a single value: give it a visible bin around it
-        lo, hi = lo / 1.5, hi * 1.5
-    a, b = math.log10(lo), math.log10(hi)
-    if anchor is None or not lo < anchor < hi:
-        return np.logspace(a, b, n + 1)
-    w = (b - a) / n
-    c = math.log10(anchor)
-    k0, k1 = math.floor((a - c) / w), math.ceil((b - c) / w)
-    return 10.0 ** (c + w * np.arange(k0, k1 + 1))
 
 
 def _n_bins(n: int) -> int:
