@@ -62,10 +62,10 @@ def fashion_data(config: PopulationConfig, fraction: float):
 
     xtr, ytr, xte, yte = fashion_mnist()
     if config.pool and config.pool < ytr.size:
-        idx = np.sort(stratified_subset(ytr, config.pool / ytr.size, np.random.default_rng(config.subset_seed)))
+        idx = stratified_subset(ytr, config.pool / ytr.size, np.random.default_rng(config.subset_seed))
         xtr, ytr = xtr[idx], ytr[idx]
     if fraction < 1:
-        idx = np.sort(stratified_subset(ytr, float(fraction), np.random.default_rng([config.subset_seed, 1])))
+        idx = stratified_subset(ytr, float(fraction), np.random.default_rng([config.subset_seed, 1]))  # sorted
         xtr, ytr = xtr[idx], ytr[idx]
     if config.test_images:
         xte, yte = xte[:config.test_images], yte[:config.test_images]
