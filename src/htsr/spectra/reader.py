@@ -178,14 +178,7 @@ class SafetensorsFile:
             text = _read_exact(fd, hlen)
             if len(text) < hlen:
                 raise SourceError(f"{self.path}: truncated safetensors header")
-            try:
-                header = json.loads(text.decode("utf-8"))
-            except UnicodeDecodeError:
-                raise SourceError(f"{self.path}: corrupt safetensors header (not UTF-8 text)") from None
-            except json.JSONDecodeError as e:
-                raise SourceError(f"{self.path}: corrupt safetensors header (invalid JSON at byte {e.pos})") from None
-            except RecursionError:
-                raise SourceError(f"{self.path}: corrupt safetensors header (JSON nested too deeply)") from None
+            header = _json_bytes(text, f"{self.path}: corrupt safetensors header")
             self.data_start = 8 + hlen
             self.tensors, self.metadata = parse_header(header, size - self.data_start, str(self.path))
             self._mm: mmap.mmap | None = None
@@ -262,14 +255,19 @@ def read_json(path: str | os.PathLike, what: str = "JSON file", max_bytes: int =
         raw = _read_exact(fd, size)
     finally:
         os.close(fd)
+    return _json_bytes(raw, f"{p}: not a valid {what}")
+
+
+def _json_bytes(raw: bytes, problem: str) -> object:
+    """JSON from UTF-8 bytes; any decoding problem is one :class:`SourceError` line, ``problem`` plus why."""
     try:
         return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise SourceError(f"{p}: not a valid {what} (not UTF-8 text)") from None
+        raise SourceError(f"{problem} (not UTF-8 text)") from None
     except json.JSONDecodeError as e:
-        raise SourceError(f"{p}: not a valid {what} (invalid JSON at byte {e.pos})") from None
+        raise SourceError(f"{problem} (invalid JSON at byte {e.pos})") from None
     except RecursionError:
-        raise SourceError(f"{p}: not a valid {what} (JSON nested too deeply)") from None
+        raise SourceError(f"{problem} (JSON nested too deeply)") from None
 
 
 def inside(directory: str | os.PathLike, name: str, where: str) -> Path:
