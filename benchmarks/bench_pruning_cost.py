@@ -72,6 +72,9 @@ def main() -> None:
                     help="time the LLaMA block shapes (e.g. 4096,11008) and extrapolate a 32-block model")
     a = ap.parse_args()
     if a.llama:
+        parts = a.llama.split(",")
+        if len(parts) != 2 or not all(v.strip().isdigit() and int(v) > 0 for v in parts):
+            ap.error(f"--llama takes HIDDEN,INTER (two positive integers, e.g. 4096,11008), got {a.llama!r}")
         return llama(a)
     g = torch.Generator().manual_seed(0)
     results = []
